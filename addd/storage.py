@@ -1,0 +1,106 @@
+"""Safe, atomic storage of tensors (safetensors) with JSON metadata: the one adapter to
+safetensors used by target models, defenses and the adversarial-example cache.
+
+Files are written to a temporary name in the destination folder and renamed into place, so a
+reader never sees a half-written file and a crash leaves no partial entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+
+METADATA_KEY = "addd"  # safetensors metadata is str -> str; ours is one JSON document
+
+
+class StorageError(RuntimeError):
+    """A stored file is missing, unreadable or not what it claims to be."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
+    """Atomically save tensors (made contiguous, moved to CPU) with JSON-serialisable metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+        save_file(cpu, tmp, metadata={METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load tensors and metadata saved by :func:`save_tensors`; clear error if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise StorageError(f"no file at {path}")
+    try:
+        tensors = load_file(str(path))
+        return tensors, read_metadata(path)
+    except (SafetensorError, OSError, ValueError, json.JSONDecodeError) as exc:
+        raise StorageError(f"{path} is not a readable addd safetensors file ({exc}); delete it and rebuild") from exc
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Read only the metadata of a file saved by :func:`save_tensors`."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = (handle.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError) as exc:
+        raise StorageError(f"{path} is not a readable safetensors file ({exc})") from exc
+    if raw is None:
+        raise StorageError(f"{path} has no addd metadata; it was not written by addd")
+    return json.loads(raw)
+
+
+def sha256_tensor(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and raw bytes (identical data -> identical hash)."""
+    t = tensor.detach().to("cpu").contiguous()
+    digest = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def sha256_state_dict(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over a state dict's names and tensors, in sorted order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(sha256_tensor(state[name]).encode())
+    return digest.hexdigest()
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Short SHA-256 of a JSON-serialisable object (keys sorted): a cache key."""
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
