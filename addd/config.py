@@ -26,17 +26,17 @@ class NetworkConfig:
     """Sizes of E, G, D_P, D_I and C (paper Table 4 at width 1.0 on 32x32x3)."""
 
     width: float = 1.0  # multiplies every channel / hidden size of Table 4
-    image_size: int = 32  # square input side; a power of two >= 32 (E halves it 5 times)
+    image_size: int = 32  # square input side; Table 4's five stride-2 layers need 32
     channels: int = 3  # image channels (1 for grey digits / MNIST)
     num_classes: int = 10  # classes of the latent classifier C
     leaky_slope: float = 0.2  # LeakyReLU negative slope
 
     def __post_init__(self) -> None:
         _check(self.width > 0, f"network.width must be > 0, got {self.width}")
-        size = self.image_size
         _check(
-            size >= 32 and size & (size - 1) == 0,
-            f"network.image_size must be a power of two >= 32, got {size}; resize the data",
+            self.image_size == 32,
+            f"network.image_size must be 32 (Table 4: five stride-2 layers take 32x32 to 1x1), "
+            f"got {self.image_size}; resize or pad the data to 32x32",
         )
         _check(self.channels in (1, 3), f"network.channels must be 1 or 3, got {self.channels}")
         _check(self.num_classes >= 2, f"network.num_classes must be >= 2, got {self.num_classes}")
