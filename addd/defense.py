@@ -1,0 +1,304 @@
+"""ADD-Defense: the model, its alternating min-max training, saving and loading.
+
+Training alternates, on every batch, the two min-max problems of the paper:
+1. the discriminators step: D_P maximises eq (2) (predicts the true domain of z) and D_I
+   maximises eq (6) (tells originals from restored images), on detached inputs;
+2. the encoder/generator/classifier step: E, G and C minimise
+   L_mmd + λ1 L_g + λ2 L_p + λ3 L_c  (eq 5)  +  L_adv + θ L_mse  (eq 7)
+   against the just-updated, frozen discriminators (no gradient reaches D_P or D_I).
+The domains are the original examples plus one per known attack (D_P has 1 + K classes).
+
+At inference ``restore(x) = G(E(x))`` uses z = E's mean, so the defense is deterministic (and
+differentiable, for adaptive attacks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from addd import losses
+from addd.config import DefenseConfig, from_flat_dict, to_flat_dict
+from addd.networks import Encoder, Generator, ImageDiscriminator, LatentClassifier, PerturbationDiscriminator
+from addd.storage import StorageError, load_tensors, save_tensors
+
+log = logging.getLogger(__name__)
+
+FORMAT = "addd-defense/1"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite; training stopped."""
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What one epoch of training produced; handed to the ``fit`` callback."""
+
+    epoch: int  # 1-based
+    losses: dict[str, float]  # mean of each loss term over the epoch's steps
+    seconds: float  # wall time of the epoch's training steps
+    steps: int = 0
+
+
+EpochCallback = Callable[[EpochReport, "ADDDefense"], "bool | None"]
+
+
+@contextlib.contextmanager
+def _frozen(*modules: nn.Module | None) -> Iterator[None]:
+    """Switch off parameter gradients of ``modules`` for the block (inputs still get them)."""
+    params = [p for m in modules if m is not None for p in m.parameters()]
+    previous = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, previous):
+            p.requires_grad_(flag)
+
+
+@dataclass(frozen=True)
+class DomainForward:
+    """E and G outputs over the concatenated domains (original first, then known attacks)."""
+
+    z_mean: torch.Tensor  # (nB, d)
+    z_logvar: torch.Tensor  # (nB, d)
+    z: torch.Tensor  # (nB, d) sampled representation
+    x_restored: torch.Tensor  # (nB, C, H, W) = G(z)
+    domain: torch.Tensor  # (nB,) domain label: 0 original, k for the k-th known attack
+    batch: int  # B, examples per domain
+
+    @property
+    def num_domains(self) -> int:
+        return self.z.shape[0] // self.batch
+
+
+@dataclass
+class _Optimizers:
+    main: torch.optim.Optimizer  # E, G, C
+    discriminators: torch.optim.Optimizer | None  # D_P and D_I
+
+
+class ADDDefense(nn.Module):
+    """E, G, C (+ D_P, D_I unless ablated) and their training. See the module docstring."""
+
+    def __init__(self, config: DefenseConfig):
+        super().__init__()
+        self.config = config
+        net, loss = config.network, config.loss
+        torch.manual_seed(config.train.seed)  # seeded initialisation
+        self.encoder = Encoder(net)
+        self.generator = Generator(net)
+        self.classifier = LatentClassifier(net)
+        self.perturbation_discriminator = PerturbationDiscriminator(net, config.num_domains) if loss.use_dp else None
+        self.image_discriminator = ImageDiscriminator(net) if loss.use_di else None
+        self.history: list[EpochReport] = []
+
+    # ----------------------------------------------------------------- inference
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """G(E(x)) with z = E's mean: (B, C, 32, 32) in [0, 1] -> same shape, in [0, 1]."""
+        z_mean, _ = self.encoder(x)
+        return self.generator(z_mean)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.restore(x)
+
+    # ----------------------------------------------------------------- training
+    def forward_domains(
+        self,
+        x_original: torch.Tensor,
+        x_adversarial: Sequence[torch.Tensor],
+        noise: torch.Generator | None = None,
+    ) -> DomainForward:
+        """Run E (sampling z) and G once over the original batch and its K adversarial versions.
+
+        x_original: (B, C, H, W); x_adversarial: K tensors (B, C, H, W) paired with x_original.
+        """
+        batch = x_original.shape[0]
+        x_all = torch.cat([x_original, *x_adversarial])  # (nB, C, H, W), domain-major
+        z_mean, z_logvar = self.encoder(x_all)  # (nB, d) each
+        eps = torch.randn(z_mean.shape, generator=noise, device=z_mean.device, dtype=z_mean.dtype)
+        z = z_mean + torch.exp(0.5 * z_logvar) * eps  # reparameterised sample of the PIR
+        domain = torch.arange(1 + len(x_adversarial), device=x_all.device).repeat_interleave(batch)
+        return DomainForward(z_mean, z_logvar, z, self.generator(z), domain, batch)
+
+    def generator_side_losses(self, fwd: DomainForward, x_original: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The terms E, G and C minimise (eq 5 + eq 7) and their weighted ``total``.
+
+        Names: mmd, prior, confusion, cls, adv, mse (absent when ablated), total. y: (B,).
+        """
+        cfg = self.config.loss
+        n = fwd.num_domains
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.use_mmd:
+            terms["mmd"] = losses.multi_domain_mmd(fwd.z.split(fwd.batch), cfg.sigma)
+        if cfg.use_prior:
+            terms["prior"] = losses.prior_loss(fwd.z_mean.split(fwd.batch), fwd.z_logvar.split(fwd.batch))
+        if self.perturbation_discriminator is not None:
+            terms["confusion"] = losses.perturbation_confusion_loss(self.perturbation_discriminator(fwd.z))
+        terms["cls"] = losses.classification_loss(self.classifier(fwd.z), y.repeat(n))
+        if self.image_discriminator is not None:
+            terms["adv"] = losses.image_generator_loss(self.image_discriminator(fwd.x_restored))
+        terms["mse"] = losses.reconstruction_loss(fwd.x_restored, x_original.repeat(n, 1, 1, 1))
+        weights = {
+            "mmd": 1.0,
+            "prior": cfg.lambda_prior,
+            "confusion": cfg.lambda_dp,
+            "cls": cfg.lambda_cls,
+            "adv": 1.0,
+            "mse": cfg.theta_mse,
+        }
+        terms["total"] = sum(weights[name] * value for name, value in terms.items())
+        return terms
+
+    def discriminator_losses(self, fwd: DomainForward, x_original: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D_P's eq (2) and D_I's eq (6) losses on detached E/G outputs (what D_P, D_I minimise)."""
+        terms: dict[str, torch.Tensor] = {}
+        if self.perturbation_discriminator is not None:
+            logits = self.perturbation_discriminator(fwd.z.detach())
+            terms["dp"] = losses.perturbation_discriminator_loss(logits, fwd.domain)
+        if self.image_discriminator is not None:
+            real = self.image_discriminator(x_original)
+            fake = self.image_discriminator(fwd.x_restored.detach())
+            terms["di"] = losses.image_discriminator_loss(real, fake)
+        return terms
+
+    def _make_optimizers(self) -> _Optimizers:
+        t = self.config.train
+        adam = lambda params: torch.optim.Adam(params, lr=t.lr, betas=(t.beta1, t.beta2))  # noqa: E731
+        main = [*self.encoder.parameters(), *self.generator.parameters(), *self.classifier.parameters()]
+        disc = [p for m in (self.perturbation_discriminator, self.image_discriminator) if m is not None for p in m.parameters()]
+        return _Optimizers(main=adam(main), discriminators=adam(disc) if disc else None)
+
+    def training_step(
+        self,
+        optimizers: _Optimizers,
+        x_original: torch.Tensor,
+        y: torch.Tensor,
+        x_adversarial: Sequence[torch.Tensor],
+        noise: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """One alternating update on one batch: discriminators first, then E/G/C against the
+        updated, frozen discriminators. Returns the loss values."""
+        fwd = self.forward_domains(x_original, x_adversarial, noise)
+        values: dict[str, float] = {}
+        if optimizers.discriminators is not None:
+            d_terms = self.discriminator_losses(fwd, x_original)
+            _check_finite(d_terms)
+            optimizers.discriminators.zero_grad(set_to_none=True)
+            sum(d_terms.values()).backward()
+            optimizers.discriminators.step()
+            values.update({name: v.item() for name, v in d_terms.items()})
+        with _frozen(self.perturbation_discriminator, self.image_discriminator):
+            terms = self.generator_side_losses(fwd, x_original, y)
+            _check_finite(terms)
+            optimizers.main.zero_grad(set_to_none=True)
+            terms["total"].backward()
+        optimizers.main.step()
+        values.update({name: v.item() for name, v in terms.items()})
+        return values
+
+    def fit(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_adv: Mapping[str, torch.Tensor],
+        callback: EpochCallback | None = None,
+        epochs: int | None = None,
+    ) -> list[EpochReport]:
+        """Train on originals ``x`` (N, C, H, W), labels ``y`` (N,) and, for every known attack
+        of the config, its adversarial examples ``x_adv[name]`` paired with ``x``.
+
+        ``callback(report, defense)`` runs after each epoch (return False to stop). Raises
+        NonFiniteLossError as soon as a loss is NaN/inf.
+        """
+        known = self.config.known_attacks
+        missing = [name for name in known if name not in x_adv]
+        if missing:
+            raise ValueError(f"x_adv lacks the known attack(s) {missing}; pass examples for each of {list(known)}")
+        for name in known:
+            if x_adv[name].shape != x.shape:
+                raise ValueError(f"x_adv[{name!r}] has shape {tuple(x_adv[name].shape)}, expected {tuple(x.shape)} (paired with x)")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+
+        t = self.config.train
+        device = torch.device(t.device)
+        self.to(device).train()
+        optimizers = self._make_optimizers()
+        shuffle = torch.Generator().manual_seed(t.seed)
+        noise = torch.Generator(device=device).manual_seed(t.seed + 1)
+        adversarial = [x_adv[name] for name in known]
+        n, batch = x.shape[0], min(t.batch_size, x.shape[0])
+        reports: list[EpochReport] = []
+        for epoch in range(1, (epochs or t.epochs) + 1):
+            start, sums, steps = time.perf_counter(), {}, 0
+            order = torch.randperm(n, generator=shuffle)
+            for begin in range(0, n - batch + 1, batch):  # drop the last partial batch
+                idx = order[begin : begin + batch]
+                try:
+                    values = self.training_step(
+                        optimizers,
+                        x[idx].to(device),
+                        y[idx].to(device),
+                        [a[idx].to(device) for a in adversarial],
+                        noise,
+                    )
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLossError(f"epoch {epoch}, step {steps + 1}: {exc}") from None
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                steps += 1
+            report = EpochReport(epoch, {k: v / steps for k, v in sums.items()}, time.perf_counter() - start, steps)
+            reports.append(report)
+            self.history.append(report)
+            log.info("epoch %d: %s (%.1fs)", epoch, _fmt(report.losses), report.seconds)
+            if callback is not None and callback(report, self) is False:
+                break
+        self.eval()
+        return reports
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path, extra_metadata: Mapping[str, object] | None = None) -> Path:
+        """Save weights and config to one safetensors file (atomic); returns the path."""
+        path = Path(path)
+        metadata = {
+            "format": FORMAT,
+            "config": to_flat_dict(self.config),
+            "history": [{"epoch": r.epoch, "losses": r.losses, "seconds": r.seconds} for r in self.history],
+            **(extra_metadata or {}),
+        }
+        save_tensors(path, self.state_dict(), metadata)
+        return path
+
+
+def load_defense(path: str | Path, device: str = "cpu") -> ADDDefense:
+    """Load a defense saved by :meth:`ADDDefense.save`, in eval mode, ready to ``restore``."""
+    tensors, metadata = load_tensors(path)
+    if metadata.get("format") != FORMAT:
+        raise StorageError(f"{path} is not an ADD-Defense checkpoint (format {metadata.get('format')!r}, expected {FORMAT!r})")
+    config = from_flat_dict(metadata["config"])
+    defense = ADDDefense(config)
+    defense.load_state_dict(tensors, strict=True)
+    defense.history = [EpochReport(h["epoch"], h["losses"], h["seconds"]) for h in metadata.get("history", [])]
+    return defense.to(device).eval()
+
+
+def _check_finite(terms: Mapping[str, torch.Tensor | float]) -> None:
+    bad = [name for name, v in terms.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
+    if bad:
+        values = ", ".join(f"{name}={float(terms[name])}" for name in bad)
+        raise NonFiniteLossError(f"non-finite loss ({values}); lower train.lr or the loss weights (e.g. theta_mse)")
+
+
+def _fmt(values: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in values.items() if math.isfinite(v))
