@@ -1,0 +1,320 @@
+"""Named sweep spaces: dataset, target model, attacks, search ranges, variants, budgets.
+
+A space is data, not code: one frozen :class:`Space` per name in :data:`SPACES`. ``run.py``
+resolves a name with :func:`get_space`, shrinks it with :meth:`Space.smoke` for ``--smoke``,
+and hands it to the driver. Search ranges are keyed by the flat config keys of
+``addd.config.to_flat_dict`` (``"loss.lambda_prior"``, ``"known_attacks"``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from addd.config import ABLATIONS, PAPER_LOSS_WEIGHTS, DefenseConfig, ablation, from_flat_dict, to_flat_dict
+
+
+class SpaceError(ValueError):
+    """A space name or a space's settings are invalid; the message says what to do."""
+
+
+# ----------------------------------------------------------------------------- search domains
+@dataclass(frozen=True)
+class LogUniform:
+    """A float drawn log-uniformly from [low, high]."""
+
+    low: float
+    high: float
+
+    def check(self, key: str) -> None:
+        if not (0 < self.low < self.high and math.isfinite(self.high)):
+            raise SpaceError(f"search range {key}: log-uniform needs 0 < low < high, got [{self.low}, {self.high}]")
+
+    def describe(self) -> str:
+        return f"log-uniform [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class Uniform:
+    """A float drawn uniformly from [low, high]."""
+
+    low: float
+    high: float
+
+    def check(self, key: str) -> None:
+        if not (self.low < self.high and math.isfinite(self.low) and math.isfinite(self.high)):
+            raise SpaceError(f"search range {key}: uniform needs low < high, got [{self.low}, {self.high}]")
+
+    def describe(self) -> str:
+        return f"uniform [{self.low:g}, {self.high:g}]"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One of a few options (strings or numbers)."""
+
+    options: tuple[Any, ...]
+
+    def check(self, key: str) -> None:
+        if len(self.options) < 1 or len(set(self.options)) != len(self.options):
+            raise SpaceError(f"search range {key}: choice needs at least one option and no duplicates, got {self.options}")
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(str(o) for o in self.options)
+
+
+Domain = LogUniform | Uniform | Choice
+
+
+def known_pair(*names: str) -> str:
+    """The flat-dict spelling of a known-attack choice: ``"PGDu+PGDt"``."""
+    return "+".join(names)
+
+
+# ----------------------------------------------------------------------------- the space
+@dataclass(frozen=True)
+class Space:
+    """One named sweep. Sizes None mean "the whole split"."""
+
+    name: str
+    dataset: str  # an addd.data dataset name
+    description: str
+    paper_weights: str = "svhn"  # PAPER_LOSS_WEIGHTS entry the base config starts from
+    target_arch: str | None = None  # None: addd.target_models.DEFAULT_ARCH[dataset]
+    n_train: int | None = None  # defense training examples (each gets one adversarial copy per known attack)
+    n_val: int | None = 1000  # validation examples: every trial's objective is measured here
+    n_test: int | None = None  # test examples: the final seeds are evaluated here
+    attack_budget: float = 1.0  # scales attack iterations (1.0 = Appendix C.1)
+    eval_attacks: tuple[str, ...] = ("PGDu", "PGDt", "CWu", "CWt", "DDNu", "DDNt")  # scored on val/test
+    holdout_attacks: tuple[str, ...] = ("CWu",)  # never trained on: comparable across known-attack choices
+    base: Mapping[str, Any] = field(default_factory=dict)  # flat DefenseConfig overrides shared by every trial
+    search: Mapping[str, Domain] = field(default_factory=dict)  # flat key -> domain
+    variants: tuple[str, ...] = ("full", "no_dp", "no_prior")  # each gets num_samples trials
+    num_samples: int = 20  # trials per variant
+    startup_trials: int = 5  # TPE's random trials before it models (Optuna's default is 10)
+    seeds: int = 3  # re-runs of each variant's best config, evaluated on test
+    grace_period: int = 2  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 3  # ASHA
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    grid_examples: int = 8  # images per row in the original / adversarial / restored grid
+    smoke_overrides: Mapping[str, Any] = field(default_factory=dict)  # Space fields for --smoke
+
+    # -- derived
+    def base_config(self) -> DefenseConfig:
+        """The config every trial starts from: defaults, the paper's weights, then ``base``."""
+        flat = to_flat_dict(DefenseConfig())
+        for key, value in PAPER_LOSS_WEIGHTS[self.paper_weights].items():
+            flat[f"loss.{key}"] = value
+        flat.update(self.base)
+        return from_flat_dict(flat)
+
+    def variant_search(self, variant: str) -> dict[str, Domain]:
+        """The search ranges that matter for one variant: a weight an ablation fixes is not searched."""
+        fixed = set(ABLATIONS[variant])
+        return {key: dom for key, dom in self.search.items() if key not in fixed}
+
+    def known_attack_choices(self) -> tuple[tuple[str, ...], ...]:
+        dom = self.search.get("known_attacks")
+        if isinstance(dom, Choice):
+            return tuple(tuple(str(o).split("+")) for o in dom.options)
+        return (tuple(self.base_config().known_attacks),)
+
+    def train_attacks(self) -> tuple[str, ...]:
+        """Every attack some trial may train on (their training-split sets are built up front)."""
+        return tuple(dict.fromkeys(a for pair in self.known_attack_choices() for a in pair))
+
+    def smoke(self) -> "Space":
+        """A tiny version of this space that runs on a laptop CPU in minutes."""
+        return replace(self, **self.smoke_overrides, smoke_overrides={})
+
+    # -- validation
+    def validate(self) -> "Space":
+        """Raise SpaceError on any inconsistency, before anything runs. Returns self."""
+        from addd.attacks import ATTACK_NAMES
+
+        where = f"space {self.name!r}"
+        try:
+            from addd.data import DATASET_NAMES
+        except ImportError:  # data module not installed yet: checked again at load time
+            DATASET_NAMES = (self.dataset,)
+        if self.dataset not in DATASET_NAMES:
+            raise SpaceError(f"{where}: unknown dataset {self.dataset!r}; valid: {', '.join(DATASET_NAMES)}")
+        for key in ("n_train", "n_val", "n_test"):
+            value = getattr(self, key)
+            if value is not None and value < 2:
+                raise SpaceError(f"{where}: {key} must be >= 2 or None (whole split), got {value}")
+        if not self.attack_budget > 0:
+            raise SpaceError(f"{where}: attack_budget must be > 0, got {self.attack_budget}")
+        bad = [a for a in (*self.eval_attacks, *self.holdout_attacks) if a not in ATTACK_NAMES]
+        if bad:
+            raise SpaceError(f"{where}: unknown attack(s) {bad}; valid: {', '.join(ATTACK_NAMES)}")
+        if not set(self.holdout_attacks) <= set(self.eval_attacks):
+            raise SpaceError(f"{where}: holdout_attacks {list(self.holdout_attacks)} must be among eval_attacks")
+        bad_variants = [v for v in self.variants if v not in ABLATIONS]
+        if bad_variants or not self.variants:
+            raise SpaceError(f"{where}: unknown variant(s) {bad_variants}; valid: {', '.join(ABLATIONS)}")
+        for name in ("num_samples", "seeds", "grace_period", "grid_examples"):
+            if getattr(self, name) < 1:
+                raise SpaceError(f"{where}: {name} must be >= 1, got {getattr(self, name)}")
+        if self.reduction_factor < 2:
+            raise SpaceError(f"{where}: reduction_factor must be >= 2, got {self.reduction_factor}")
+        if self.startup_trials < 0:
+            raise SpaceError(f"{where}: startup_trials must be >= 0, got {self.startup_trials}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise SpaceError(f"{where}: cpus_per_trial must be > 0 and gpus_per_trial >= 0")
+        if self.paper_weights not in PAPER_LOSS_WEIGHTS:
+            raise SpaceError(f"{where}: paper_weights {self.paper_weights!r}; valid: {', '.join(PAPER_LOSS_WEIGHTS)}")
+        try:
+            base = self.base_config()
+        except ValueError as exc:
+            raise SpaceError(f"{where}: base config: {exc}") from None
+        valid_keys = set(to_flat_dict(base))
+        bad_keys = sorted(set(self.search) - valid_keys)
+        if bad_keys:
+            raise SpaceError(f"{where}: unknown search key(s) {bad_keys}; valid: {', '.join(sorted(valid_keys))}")
+        for key, dom in self.search.items():
+            dom.check(key)
+            for value in _corners(dom):  # every corner of every range must make a valid config
+                try:
+                    base.replace(**{key: value})
+                except ValueError as exc:
+                    raise SpaceError(f"{where}: search range {key} value {value!r}: {exc}") from None
+        for pair in self.known_attack_choices():
+            bad = [a for a in pair if a not in ATTACK_NAMES]
+            if bad:
+                raise SpaceError(f"{where}: unknown known attack(s) {bad}; valid: {', '.join(ATTACK_NAMES)}")
+            if set(pair) & set(self.holdout_attacks):
+                raise SpaceError(f"{where}: known attacks {list(pair)} overlap holdout_attacks {list(self.holdout_attacks)}")
+            if not set(self.eval_attacks) - set(pair):
+                raise SpaceError(f"{where}: known attacks {list(pair)} leave no unknown attack among eval_attacks")
+        for variant in self.variants:
+            ablation(base, variant)
+        return self
+
+
+def _corners(dom: Domain) -> tuple[Any, ...]:
+    return dom.options if isinstance(dom, Choice) else (dom.low, dom.high)
+
+
+def _paper_search(dataset: str, pairs: tuple[str, ...], sigma: tuple[float, float]) -> dict[str, Domain]:
+    """Log-uniform ranges two decades either side of the paper's App. D weights (θ: ±1.5)."""
+    w = PAPER_LOSS_WEIGHTS[dataset]
+    return {
+        "loss.lambda_prior": LogUniform(w["lambda_prior"] / 100, w["lambda_prior"] * 100),
+        "loss.lambda_dp": LogUniform(w["lambda_dp"] / 100, w["lambda_dp"] * 10),
+        "loss.lambda_cls": LogUniform(w["lambda_cls"] / 100, w["lambda_cls"] * 100),
+        "loss.theta_mse": LogUniform(w["theta_mse"] / 30, w["theta_mse"] * 30),
+        "loss.sigma": LogUniform(*sigma),
+        "known_attacks": Choice(pairs),
+    }
+
+
+_PAIRS = (known_pair("PGDu", "PGDt"), known_pair("DDNu", "DDNt"))
+_PAPER_PAIRS = (*_PAIRS, known_pair("CWu", "CWt"))
+_PAPER_EVAL = ("PGDu", "PGDt", "CWu", "CWt", "DDNu", "DDNt", "LSu", "STu")
+_PAPER_HOLDOUT = ("LSu", "STu")  # in no known-attack choice
+
+SPACES: dict[str, Space] = {
+    "digits_ablation": Space(
+        name="digits_ablation",
+        dataset="digits",
+        paper_weights="mnist",  # digits is not in the paper: MNIST's App. D weights
+        description="Fig-12 ablation on scikit-learn's bundled 8x8 digits (CPU size; the README quick start)",
+        n_train=600,
+        n_val=200,
+        n_test=300,
+        attack_budget=0.25,
+        eval_attacks=("PGDu", "PGDt", "CWu", "DDNu", "DDNt"),
+        holdout_attacks=("CWu",),
+        base={
+            "network.width": 0.0625,
+            "network.channels": 1,
+            "train.epochs": 6,
+            "train.batch_size": 32,
+            "train.lr": 1e-3,
+        },
+        search=_paper_search("mnist", _PAIRS, (2.0, 32.0)),
+        num_samples=6,
+        startup_trials=3,
+        seeds=2,
+        grace_period=2,
+        smoke_overrides={
+            "n_train": 96, "n_val": 48, "n_test": 48, "attack_budget": 0.05, "num_samples": 2,
+            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4,
+            "base": {"network.width": 0.03125, "network.channels": 1, "train.epochs": 2,
+                     "train.batch_size": 16, "train.lr": 1e-3},
+        },
+    ),
+    "svhn_ablation": Space(
+        name="svhn_ablation",
+        dataset="svhn",
+        description="Fig-12 ablation on SVHN: paper target model, App. C.1 attacks, Table 4 widths",
+        n_val=2000,
+        n_test=None,
+        eval_attacks=_PAPER_EVAL,
+        holdout_attacks=_PAPER_HOLDOUT,
+        base={"network.width": 1.0, "network.channels": 3, "train.epochs": 30, "train.batch_size": 64},
+        search=_paper_search("svhn", _PAPER_PAIRS, (8.0, 256.0)),
+        num_samples=30,
+        startup_trials=8,
+        seeds=3,
+        grace_period=4,
+        gpus_per_trial=0.25,
+        cpus_per_trial=2.0,
+        smoke_overrides={
+            "n_train": 64, "n_val": 32, "n_test": 32, "attack_budget": 0.05, "num_samples": 2,
+            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4,
+            "eval_attacks": ("PGDu", "PGDt", "CWu", "DDNu", "DDNt"), "holdout_attacks": ("CWu",),
+            "search": _paper_search("svhn", _PAIRS, (8.0, 256.0)),
+            "base": {"network.width": 0.03125, "network.channels": 3, "train.epochs": 2, "train.batch_size": 16},
+            "gpus_per_trial": 0.0, "cpus_per_trial": 1.0,
+        },
+    ),
+}
+
+
+def _paper_space(name: str, dataset: str, channels: int, epochs: int, sigma: tuple[float, float]) -> Space:
+    """A single-variant search at the paper's settings (the ablation lives in svhn_ablation)."""
+    return Space(
+        name=name,
+        dataset=dataset,
+        paper_weights=dataset,
+        description=f"{dataset}: paper settings (App. C.1 attacks, App. D weights, Table 4 widths)",
+        n_val=2000,
+        eval_attacks=_PAPER_EVAL,
+        holdout_attacks=_PAPER_HOLDOUT,
+        base={"network.width": 1.0, "network.channels": channels, "train.epochs": epochs, "train.batch_size": 64},
+        search=_paper_search(dataset, _PAPER_PAIRS, sigma),
+        variants=("full",),
+        num_samples=30,
+        startup_trials=8,
+        seeds=3,
+        grace_period=4,
+        gpus_per_trial=0.25,
+        cpus_per_trial=2.0,
+        smoke_overrides=SPACES["svhn_ablation"].smoke_overrides
+        | {"base": {"network.width": 0.03125, "network.channels": channels, "train.epochs": 2, "train.batch_size": 16},
+           "variants": ("full",)},
+    )
+
+
+SPACES.update(
+    {
+        "mnist": _paper_space("mnist", "mnist", 1, 20, (8.0, 256.0)),
+        "fashion_mnist": _paper_space("fashion_mnist", "fashion_mnist", 1, 20, (8.0, 256.0)),
+        "cifar10": _paper_space("cifar10", "cifar10", 3, 50, (8.0, 256.0)),
+    }
+)
+
+
+def get_space(name: str, smoke: bool = False) -> Space:
+    """The validated space called ``name`` (shrunk when ``smoke``); a miss lists the valid names."""
+    space = SPACES.get(name)
+    if space is None:
+        raise SpaceError(f"unknown space {name!r}; valid spaces: {', '.join(SPACES)}")
+    return (space.smoke() if smoke else space).validate()
+
+
+__all__ = ["Choice", "LogUniform", "SPACES", "Space", "SpaceError", "Uniform", "get_space", "known_pair"]
