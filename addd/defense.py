@@ -228,6 +228,9 @@ class ADDDefense(nn.Module):
         for name in known:
             if x_adv[name].shape != x.shape:
                 raise ValueError(f"x_adv[{name!r}] has shape {tuple(x_adv[name].shape)}, expected {tuple(x.shape)} (paired with x)")
+        for name, tensor in [("x", x), *((f"x_adv[{a!r}]", x_adv[a]) for a in known)]:
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{name} contains NaN or inf values; regenerate or clean the data")
         if y.shape != (x.shape[0],):
             raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
 
@@ -296,7 +299,7 @@ def load_defense(path: str | Path, device: str = "cpu") -> ADDDefense:
 def _check_finite(terms: Mapping[str, torch.Tensor | float]) -> None:
     bad = [name for name, v in terms.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
     if bad:
-        values = ", ".join(f"{name}={float(terms[name])}" for name in bad)
+        values = ", ".join(f"{name}={float(terms[name].detach())}" for name in bad)
         raise NonFiniteLossError(f"non-finite loss ({values}); lower train.lr or the loss weights (e.g. theta_mse)")
 
 
