@@ -1,0 +1,338 @@
+"""Robustness of a defense x -> M_t(defense.restore(x)) on cached adversarial sets (App. C.2).
+
+Oblivious evaluation (:func:`evaluate`): per-attack accuracy with and without the defense, clean
+and reconstruction accuracy, and the worst cases a sweep optimises and compares:
+
+- ``worst.unknown``: min over the unknown attacks (suite attacks the defense did not train on)
+  of the per-attack accuracy (Acc_u, or Acc_t for targeted attacks).
+- ``worst.unknown_per_sample``: an example counts only if it is classified correctly under every
+  unknown attack (as AutoAttack does). Targeted attacks follow Acc_t: an example that is a
+  correctly classified member of a targeted attack's target class leaves the denominator when
+  every unknown attack leaves it out that way; otherwise it counts as not robust. This equals
+  Acc_u (Acc_t) for one untargeted (targeted) attack and is never above ``worst.unknown``.
+- ``worst.holdout``: min over a fixed holdout set of attacks that no trial may train on.
+
+Adaptive evaluation (:func:`evaluate_adaptive`): attacks on the whole pipeline M_t ∘ G ∘ E via
+``addd.attacks.run_adaptive_attack``, side by side with the oblivious figure for the same attack
+and eps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+
+import torch
+from torch import nn
+
+from addd.metrics import accuracy_targeted, accuracy_untargeted
+from addd.storage import sha256_tensor
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from addd.advcache import AdvSet
+
+logger = logging.getLogger(__name__)
+
+# Adaptive attack -> the oblivious attack with the same threat model it is reported beside.
+# BPDA (Sec 4.3) is L-inf PGD with the defense's backward pass approximated.
+ADAPTIVE_COUNTERPART: dict[str, str] = {"BPDA": "PGDu", "AA_Linf": "AA_Linf", "AA_L2": "AA_L2"}
+
+
+class EvaluationError(ValueError):
+    """Inputs of an evaluation do not fit together; the message says what to fix."""
+
+
+class Defense(Protocol):
+    def restore(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class AttackAccuracy:
+    """Accuracy of the target model on one attack's examples, with and without the defense."""
+
+    attack: str
+    defended: float  # on defense.restore(x_adv): Acc_u, or Acc_t if targeted
+    undefended: float  # on x_adv itself, same metric
+    targeted: bool
+    known: bool  # the defense trained on this attack
+    holdout: bool  # in the caller's fixed holdout set
+    n: int
+
+
+@dataclass(frozen=True)
+class RobustnessReport:
+    """Result of :func:`evaluate`; ``to_metrics`` for MLflow, ``to_frame`` for tables."""
+
+    clean: float  # target model on clean x, no defense
+    reconstruction: float  # target model on defense.restore(x)
+    attacks: tuple[AttackAccuracy, ...]
+    known_attacks: tuple[str, ...]
+    holdout_attacks: tuple[str, ...]
+    worst_unknown: float  # NaN if no suite attack is unknown
+    worst_unknown_per_sample: float
+    worst_holdout: float  # NaN if no holdout set was given
+
+    @property
+    def unknown_attacks(self) -> tuple[str, ...]:
+        return tuple(a.attack for a in self.attacks if not a.known)
+
+    def to_metrics(self) -> dict[str, float]:
+        """Flat, MLflow-friendly names: ``acc.defended.PGDu``, ``worst.unknown``, ..."""
+        metrics = {"acc.clean": self.clean, "acc.reconstruction": self.reconstruction}
+        for row in self.attacks:
+            metrics[f"acc.defended.{row.attack}"] = row.defended
+            metrics[f"acc.undefended.{row.attack}"] = row.undefended
+        metrics["worst.unknown"] = self.worst_unknown
+        metrics["worst.unknown_per_sample"] = self.worst_unknown_per_sample
+        if self.holdout_attacks:
+            metrics["worst.holdout"] = self.worst_holdout
+        return metrics
+
+    def to_frame(self) -> "pd.DataFrame":
+        """One row per attack: attack, targeted, known, holdout, n, defended, undefended."""
+        import pandas as pd
+
+        columns = ["attack", "targeted", "known", "holdout", "n", "defended", "undefended"]
+        return pd.DataFrame([{c: getattr(row, c) for c in columns} for row in self.attacks], columns=columns)
+
+
+@dataclass(frozen=True)
+class AdaptiveRow:
+    attack: str  # adaptive attack on M_t ∘ G ∘ E
+    oblivious_attack: str  # its oblivious counterpart (same threat model)
+    eps: float | None
+    oblivious: float  # defended accuracy on the cached oblivious set; NaN if not given
+    adaptive: float  # accuracy under the adaptive attack
+    n: int
+
+
+@dataclass(frozen=True)
+class AdaptiveReport:
+    """Result of :func:`evaluate_adaptive`."""
+
+    rows: tuple[AdaptiveRow, ...]
+
+    def to_metrics(self) -> dict[str, float]:
+        metrics = {}
+        for row in self.rows:
+            metrics[f"acc.adaptive.{row.attack}"] = row.adaptive
+            metrics[f"acc.oblivious.{row.attack}"] = row.oblivious
+        return metrics
+
+    def to_frame(self) -> "pd.DataFrame":
+        """Columns: attack, eps, oblivious, adaptive, oblivious_attack, n."""
+        import pandas as pd
+
+        columns = ["attack", "eps", "oblivious", "adaptive", "oblivious_attack", "n"]
+        return pd.DataFrame([{c: getattr(row, c) for c in columns} for row in self.rows], columns=columns)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """Predicted classes (N,) on CPU of ``model(transform(x))``, batched, in eval mode, no grad.
+
+    Batches go to the device of the model's parameters; the model's train/eval mode is restored.
+    """
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        preds = []
+        for start in range(0, len(x), batch_size):
+            batch = x[start : start + batch_size].to(device)
+            if transform is not None:
+                batch = transform(batch)
+            preds.append(model(batch).argmax(dim=1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(preds)
+
+
+def evaluate(
+    defense: Defense,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    adv_sets: Mapping[str, "AdvSet"],
+    *,
+    known_attacks: Sequence[str],
+    holdout: Sequence[str] = (),
+    batch_size: int = 256,
+) -> RobustnessReport:
+    """Oblivious robustness of ``defense`` in front of ``model`` (see the module docstring).
+
+    ``x``, ``y``: the clean examples the sets in ``adv_sets`` (attack name -> AdvSet) were made
+    from. ``holdout`` attacks must all be in ``adv_sets`` and none may be a known attack.
+    """
+    known, holdout = tuple(known_attacks), tuple(holdout)
+    _check_sets(x, y, adv_sets)
+    clash = sorted(set(holdout) & set(known))
+    if clash:
+        raise EvaluationError(
+            f"holdout attacks {clash} are known attacks of this defense; a holdout attack must never be "
+            f"trained on, so drop them from known_attacks or from the holdout set"
+        )
+    missing = sorted(set(holdout) - set(adv_sets))
+    if missing:
+        raise EvaluationError(f"holdout attacks {missing} have no adversarial set; generate them or fix the holdout list")
+    y = y.cpu()
+    with _eval_mode(defense):
+        restore = defense.restore
+        clean = accuracy_untargeted(predict(model, x, batch_size=batch_size), y)
+        reconstruction = accuracy_untargeted(predict(model, x, transform=restore, batch_size=batch_size), y)
+        rows, unknown_masks = [], []
+        for name, adv in adv_sets.items():
+            target = None if adv.target is None else adv.target.cpu()
+            defended_pred = predict(model, adv.x_adv, transform=restore, batch_size=batch_size)
+            undefended_pred = predict(model, adv.x_adv, batch_size=batch_size)
+            rows.append(
+                AttackAccuracy(
+                    attack=name,
+                    defended=_accuracy(defended_pred, y, target),
+                    undefended=_accuracy(undefended_pred, y, target),
+                    targeted=target is not None,
+                    known=name in known,
+                    holdout=name in holdout,
+                    n=len(y),
+                )
+            )
+            if name not in known:
+                unknown_masks.append(robust_masks(defended_pred, y, target))
+    unknown = [r.defended for r in rows if not r.known]
+    if not unknown:
+        logger.warning("evaluate: every attack in the suite is a known attack; worst.unknown is NaN")
+    return RobustnessReport(
+        clean=clean,
+        reconstruction=reconstruction,
+        attacks=tuple(rows),
+        known_attacks=known,
+        holdout_attacks=holdout,
+        worst_unknown=_nanmin(unknown),
+        worst_unknown_per_sample=per_sample_accuracy(unknown_masks),
+        worst_holdout=_nanmin([r.defended for r in rows if r.holdout]),
+    )
+
+
+def robust_masks(pred: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example (correct, excluded) for one attack; ``excluded`` = Acc_t's num_r examples."""
+    correct = pred == y
+    if target is None:
+        return correct, torch.zeros_like(correct)
+    return correct, correct & (y == target)
+
+
+def per_sample_accuracy(masks: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Fraction robust under every attack; see the module docstring for targeted attacks."""
+    if not masks:
+        return float("nan")
+    correct = torch.stack([c for c, _ in masks])  # (A, N)
+    excluded = torch.stack([e for _, e in masks])  # (A, N)
+    robust = correct.all(dim=0) & ~excluded.any(dim=0)
+    counted = ~excluded.all(dim=0)
+    if not bool(counted.any()):
+        return float("nan")
+    return robust.sum().item() / counted.sum().item()
+
+
+def evaluate_adaptive(
+    defense: Defense,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    dataset: str,
+    attacks: Sequence[str] = ("BPDA", "AA_Linf"),
+    adv_sets: Mapping[str, "AdvSet"] | None = None,
+    budget: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 256,
+    run_adaptive_attack: Callable[..., Any] | None = None,
+) -> AdaptiveReport:
+    """Attack M_t ∘ defense with each adaptive attack; report it beside the oblivious figure.
+
+    The oblivious figure is the defended accuracy on ``adv_sets[ADAPTIVE_COUNTERPART[attack]]``
+    (NaN if absent); its eps must equal the adaptive attack's. ``run_adaptive_attack`` defaults
+    to ``addd.attacks.run_adaptive_attack``.
+    """
+    unknown = sorted(set(attacks) - set(ADAPTIVE_COUNTERPART))
+    if unknown:
+        raise EvaluationError(f"no adaptive attack named {unknown}; valid: {sorted(ADAPTIVE_COUNTERPART)}")
+    if run_adaptive_attack is None:
+        from addd.attacks import run_adaptive_attack
+    adv_sets = dict(adv_sets or {})
+    _check_sets(x, y, adv_sets)
+    y = y.cpu()
+    rows = []
+    with _eval_mode(defense):
+        for name in attacks:
+            result = run_adaptive_attack(name, model, defense, x, y, dataset=dataset, budget=budget, seed=seed)
+            target = None if result.target is None else torch.as_tensor(result.target, dtype=torch.int64).expand_as(y)
+            adaptive = _accuracy(predict(model, result.x_adv, transform=defense.restore, batch_size=batch_size), y, target)
+            eps = result.params.get("eps")
+            counterpart = ADAPTIVE_COUNTERPART[name]
+            oblivious = float("nan")
+            if counterpart in adv_sets:
+                adv = adv_sets[counterpart]
+                oblivious_eps = adv.manifest.params.get("eps") if adv.manifest is not None else None
+                if eps is not None and oblivious_eps is not None and not math.isclose(eps, oblivious_eps):
+                    raise EvaluationError(
+                        f"adaptive {name} ran at eps={eps} but the cached {counterpart} set has eps={oblivious_eps}; "
+                        f"compare them at one eps"
+                    )
+                pred = predict(model, adv.x_adv, transform=defense.restore, batch_size=batch_size)
+                oblivious = _accuracy(pred, y, None if adv.target is None else adv.target.cpu())
+            else:
+                logger.warning("evaluate_adaptive: no oblivious %s set given; its column is NaN", counterpart)
+            rows.append(AdaptiveRow(name, counterpart, None if eps is None else float(eps), oblivious, adaptive, len(y)))
+    return AdaptiveReport(tuple(rows))
+
+
+def _accuracy(pred: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> float:
+    return accuracy_untargeted(pred, y) if target is None else accuracy_targeted(pred, y, target)
+
+
+def _nanmin(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return min(finite) if finite else float("nan")
+
+
+def _check_sets(x: torch.Tensor, y: torch.Tensor, adv_sets: Mapping[str, "AdvSet"]) -> None:
+    if len(x) != len(y) or len(x) == 0:
+        raise EvaluationError(f"x and y must be non-empty and of one length, got {len(x)} and {len(y)}")
+    x_sha256 = None
+    for name, adv in adv_sets.items():
+        if adv.x_adv.shape != x.shape or not torch.equal(adv.y.cpu(), y.cpu()):
+            raise EvaluationError(
+                f"the {name} set ({tuple(adv.x_adv.shape)}) was not made from these clean examples "
+                f"({tuple(x.shape)}); pass the x, y the sets were generated from"
+            )
+        if adv.manifest is not None:
+            x_sha256 = x_sha256 or sha256_tensor(x.cpu())
+            if adv.manifest.x_sha256 != x_sha256:
+                raise EvaluationError(f"the {name} set was generated from other images than x; pass the matching x")
+
+
+class _eval_mode:
+    """Put a defense that is an nn.Module in eval mode for the block, then restore its mode."""
+
+    def __init__(self, defense: Any) -> None:
+        self.module = defense if isinstance(defense, nn.Module) else None
+
+    def __enter__(self) -> None:
+        if self.module is not None:
+            self.was_training = self.module.training
+            self.module.eval()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.module is not None:
+            self.module.train(self.was_training)
