@@ -1,0 +1,159 @@
+"""Run a named ADD-Defense sweep on Ray Tune + Optuna, recorded in MLflow.
+
+What it does: loads the space's dataset, trains (or loads) the target model, builds every
+oblivious adversarial set once through the cache (parallel Ray tasks), then, for each ablation
+variant (full, no_dp, no_prior), runs the same budget of trials picked by seeded Optuna TPE and
+stopped early by ASHA, maximising the worst-case unknown-attack accuracy on the validation
+split. Each variant's best config is re-run over ``--seeds`` seeds and evaluated on the test
+split. Results: ``<run dir>/summary.json``, ``<run dir>/report/`` (tables, Fig-12 plot, Optuna
+plots), the best defense in ``<run dir>/best_defense/``, and an MLflow parent run with one child
+run per trial.
+
+Examples::
+
+    python sweeps/run.py --list-spaces
+    python sweeps/run.py --space digits_ablation              # the README quick start (CPU)
+    python sweeps/run.py --space svhn_ablation --smoke        # any space, tiny, in minutes
+    python sweeps/run.py --space svhn_ablation --dry-run      # print the resolved plan only
+    python sweeps/run.py --space digits_ablation --resume     # continue an interrupted sweep
+    mlflow ui --backend-store-uri sqlite:///runs/digits_ablation/mlflow.db
+    optuna-dashboard sqlite:///runs/digits_ablation/optuna.db
+
+On a cluster (see docs/cluster.md)::
+
+    ray submit sweeps/cluster.yaml sweeps/run.py --space svhn_ablation --address auto \\
+        --storage-path s3://bucket/addd --tracking-uri http://HEAD:5000 --cache-dir /shared/cache
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from sweeps.spaces import SPACES, SpaceError, get_space  # noqa: E402
+
+log = logging.getLogger("sweeps.run")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python sweeps/run.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Spaces: " + ", ".join(SPACES),
+    )
+    p.add_argument("--space", help="named sweep space (see --list-spaces)")
+    p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; runs nothing")
+    p.add_argument("--smoke", action="store_true", help="tiny budgets: try any space here in minutes")
+    p.add_argument("--num-samples", type=_positive_int, help="trials per ablation variant (default: the space's)")
+    p.add_argument("--seeds", type=_positive_int, help="seeds for re-running each variant's best config")
+    p.add_argument("--max-concurrent", type=_positive_int, help="trials at once (default: CPUs / --cpus-per-trial)")
+    p.add_argument("--cpus-per-trial", type=_positive_float, help="CPUs per trial = its torch threads")
+    p.add_argument("--gpus-per-trial", type=_non_negative_float, help="GPUs per trial; fractions pack trials (0.25: four per GPU)")
+    p.add_argument("--address", help="join a running Ray cluster (`auto` under ray submit); default: start a local Ray")
+    p.add_argument("--num-cpus", type=_positive_int, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--run-dir", type=Path, help="local folder of this sweep (default: ./runs/<space>[-smoke])")
+    p.add_argument("--storage-path", help="Ray results: a folder or a URI Ray accepts, e.g. s3://bucket/addd (default: <run dir>/ray)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<run dir>/mlflow.db)")
+    p.add_argument("--data-root", type=Path, default=Path("./data"), help="dataset folder (default: ./data)")
+    p.add_argument("--cache-dir", type=Path, help="target models and adversarial sets (default: $ADDD_CACHE_DIR or ./.addd_cache)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (default: 0)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the run folder")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def make_plan(args: argparse.Namespace):
+    """Resolve the space and the command line into a driver Plan (no side effects)."""
+    from addd.target_models import default_cache_dir
+    from sweeps import _mlflow
+    from sweeps.driver import Plan
+
+    space = get_space(args.space, smoke=args.smoke)
+    run_dir = (args.run_dir or Path("runs") / f"{space.name}{'-smoke' if args.smoke else ''}").resolve()
+    storage_path = args.storage_path or str(run_dir / "ray")
+    if "://" not in storage_path:
+        storage_path = str(Path(storage_path).resolve())  # Ray wants absolute local paths
+    return Plan(
+        space=space,
+        smoke=args.smoke,
+        run_dir=run_dir,
+        storage_path=storage_path,
+        tracking_uri=args.tracking_uri or _mlflow.default_tracking_uri(run_dir),
+        data_root=args.data_root.resolve(),
+        cache_dir=(args.cache_dir or default_cache_dir()).resolve(),
+        address=args.address,
+        seeds=args.seeds or space.seeds,
+        num_samples=args.num_samples or space.num_samples,
+        max_concurrent=args.max_concurrent,
+        cpus_per_trial=args.cpus_per_trial or space.cpus_per_trial,
+        gpus_per_trial=space.gpus_per_trial if args.gpus_per_trial is None else args.gpus_per_trial,
+        seed=args.seed,
+        resume=args.resume,
+        num_cpus=args.num_cpus,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.list_spaces:
+        for name, space in SPACES.items():
+            print(f"{name:16s} {space.dataset:14s} {space.description}")
+        return 0
+    if not args.space:
+        parser.print_usage(sys.stderr)
+        print(f"error: give --space NAME (one of {', '.join(SPACES)}) or --list-spaces", file=sys.stderr)
+        return 2
+    try:
+        plan = make_plan(args)
+        if args.dry_run:
+            print(json.dumps(plan.describe(), indent=2))
+            return 0
+        from sweeps.driver import run_sweep
+
+        summary_path = run_sweep(plan)
+    except (SpaceError, ValueError) as exc:  # every project error is a ValueError subclass
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"summary: {summary_path}")
+    print(f"report:  {summary_path.parent / 'report'}")
+    print(f"mlflow:  mlflow ui --backend-store-uri {plan.tracking_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
