@@ -269,13 +269,16 @@ def evaluate_adaptive(
         raise EvaluationError(f"no adaptive attack named {unknown}; valid: {sorted(ADAPTIVE_COUNTERPART)}")
     if run_adaptive_attack is None:
         from addd.attacks import run_adaptive_attack
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     adv_sets = dict(adv_sets or {})
     _check_sets(x, y, adv_sets)
     y = y.cpu()
     rows = []
     with _eval_mode(defense):
         for name in attacks:
-            result = run_adaptive_attack(name, model, defense, x, y, dataset=dataset, budget=budget, seed=seed)
+            result = run_adaptive_attack(
+                name, model, defense, x, y, dataset=dataset, budget=budget, seed=seed, device=device
+            )
             target = None if result.target is None else torch.as_tensor(result.target, dtype=torch.int64).expand_as(y)
             adaptive = _accuracy(predict(model, result.x_adv, transform=defense.restore, batch_size=batch_size), y, target)
             eps = result.params.get("eps")

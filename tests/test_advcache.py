@@ -320,3 +320,35 @@ def test_get_many_maps_and_reports_progress(tmp_path):
     assert runs(count) == 9 and torch.equal(again["DDNu"].x_adv, sets["DDNu"].x_adv)
     with pytest.raises(AdvCacheError, match="PGDu"):
         cache.get_many([make_request(), make_request(seed=1)])
+
+
+def test_storing_preserves_the_real_cw_attack(tmp_path):
+    from addd.attacks import run_attack
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 15 * 15, 10)).eval()
+    with torch.no_grad():  # sharp logits, so C&W's first binary-search steps already succeed
+        model[3].weight.mul_(100)
+        model[3].bias.mul_(100)
+    x = torch.rand(24, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every example starts correctly classified
+    generated = []
+
+    def recording_attack(*args, **kwargs):
+        result = run_attack(*args, **kwargs)
+        generated.append(result.x_adv.clone())
+        return result
+
+    request = AdvRequest("digits", "test", x, y, model, "CWu", budget=0.3)
+    adv = AdvCache(tmp_path, run_attack=recording_attack, chunk_size=12).get_or_create(request)
+    x_generated = torch.cat(generated)
+    with torch.no_grad():
+        accuracy_after_generation = accuracy_untargeted(model(x_generated).argmax(1), y)
+        quantized = accuracy_untargeted(model((x_generated * 255).round() / 255).argmax(1), y)
+        stored = accuracy_untargeted(model(adv.x_adv).argmax(1), y)
+    assert accuracy_after_generation < 0.5  # the attack worked ...
+    assert quantized > accuracy_after_generation  # ... with perturbations 8-bit rounding would undo
+    assert stored == accuracy_after_generation == adv.manifest.model_accuracy
+    assert torch.equal(adv.x_adv, x_generated)
+    assert adv.manifest.run_params["library"] == "advertorch" and adv.manifest.params["max_iterations"] == 30

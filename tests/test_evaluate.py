@@ -1,0 +1,220 @@
+"""Robustness evaluation against a hand-computed case; worst cases, holdout, adaptive table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import nn
+
+from addd.advcache import AdvCache, AdvRequest, AdvSet
+from addd.evaluate import (
+    EvaluationError,
+    evaluate,
+    evaluate_adaptive,
+    per_sample_accuracy,
+    predict,
+    robust_masks,
+)
+
+# The constructed case. Images are (1, 1, 4) one-hot "logits", the target model reads them as
+# they are (prediction = argmax), the defense swaps channels 1 and 2. An attack's set is given
+# by the predictions we want *after* the defense, so its undefended predictions are swapped.
+SWAP = [0, 2, 1, 3]
+Y = torch.tensor([0, 1, 2, 3, 3, 0, 1, 2])
+DEFENDED_PRED = {
+    "PGDt": [0, 1, 2, 3, 0, 0, 3, 2],  # known, targeted to 3
+    "PGDu": [0, 1, 2, 3, 3, 1, 1, 2],  # unknown
+    "CWt": [3, 1, 2, 3, 3, 0, 1, 3],  # unknown, targeted to 3
+    "DDNu": [0, 1, 2, 3, 1, 0, 2, 2],  # unknown, holdout
+}
+
+
+class SwapDefense(nn.Module):
+    """restore swaps channels 1 and 2; records the mode and grad state it was called in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[bool, bool]] = []
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append((self.training, torch.is_grad_enabled()))
+        return x[..., SWAP]
+
+
+def images(pred: list[int]) -> torch.Tensor:
+    return nn.functional.one_hot(torch.tensor(pred), 4).float().view(-1, 1, 1, 4)
+
+
+def constructed_sets() -> dict[str, AdvSet]:
+    sets = {}
+    for name, pred in DEFENDED_PRED.items():
+        target = torch.full((8,), 3) if name.endswith("t") else None
+        sets[name] = AdvSet(name, images([SWAP[p] for p in pred]), Y.clone(), target)
+    return sets
+
+
+def run_constructed(**kwargs):
+    defense = SwapDefense().train()
+    report = evaluate(
+        defense, nn.Flatten(), images(Y.tolist()), Y, constructed_sets(), known_attacks=("PGDt",), batch_size=3, **kwargs
+    )
+    return report, defense
+
+
+def test_constructed_case_matches_hand_computation():
+    report, _ = run_constructed(holdout=("DDNu",))
+    metrics = report.to_metrics()
+    # Hand computation (Acc_t = (num_correct - num_r) / (N - num_r), target 3):
+    expected = {
+        "acc.clean": 1.0,  # no defense, clean one-hot images
+        "acc.reconstruction": 4 / 8,  # the swap breaks classes 1 and 2
+        "acc.defended.PGDt": (6 - 1) / (8 - 1),  # correct [1,1,1,1,0,1,0,1], num_r = 1 (index 3)
+        "acc.undefended.PGDt": (3 - 1) / (8 - 1),  # pred [0,2,1,3,0,0,3,1]
+        "acc.defended.PGDu": 7 / 8,
+        "acc.undefended.PGDu": 3 / 8,  # pred [0,2,1,3,3,2,2,1]
+        "acc.defended.CWt": (6 - 2) / (8 - 2),  # correct [0,1,1,1,1,1,1,0], num_r = 2 (3, 4)
+        "acc.undefended.CWt": (3 - 2) / (8 - 2),  # pred [3,2,1,3,3,0,2,3]
+        "acc.defended.DDNu": 6 / 8,
+        "acc.undefended.DDNu": 4 / 8,  # pred [0,2,1,3,2,0,1,1]
+        "worst.unknown": 4 / 6,  # CWt; plain Acc_u would have made it DDNu's 6/8
+        # correct under all three unknown: indices 1, 2, 3; index 3 is CWt's num_r -> robust 1, 2
+        "worst.unknown_per_sample": 2 / 8,
+        "worst.holdout": 6 / 8,
+    }
+    assert metrics.keys() == expected.keys()
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(value), name
+    assert report.unknown_attacks == ("PGDu", "CWt", "DDNu")
+
+
+def test_frame_has_one_row_per_attack():
+    report, _ = run_constructed(holdout=("DDNu",))
+    frame = report.to_frame().set_index("attack")
+    assert list(frame.columns) == ["targeted", "known", "holdout", "n", "defended", "undefended"]
+    assert frame.loc["CWt", "targeted"] and frame.loc["PGDt", "known"] and frame.loc["DDNu", "holdout"]
+    assert not frame.loc["PGDu", "known"] and frame.loc["PGDu", "n"] == 8
+    assert frame.loc["PGDu", "defended"] == pytest.approx(7 / 8)
+
+
+def test_defense_runs_in_eval_mode_without_grad_and_mode_is_restored():
+    report, defense = run_constructed()
+    assert defense.calls and all(call == (False, False) for call in defense.calls)
+    assert len(defense.calls) == 3 * 5  # clean + 4 attacks, 8 examples in batches of 3
+    assert defense.training
+    assert "worst.holdout" not in report.to_metrics() and math.isnan(report.worst_holdout)
+
+
+def test_per_sample_worst_case_reduces_to_the_per_attack_metrics():
+    pred = torch.tensor(DEFENDED_PRED["CWt"])
+    assert per_sample_accuracy([robust_masks(pred, Y, torch.full((8,), 3))]) == pytest.approx(4 / 6)
+    assert per_sample_accuracy([robust_masks(pred, Y, None)]) == pytest.approx(6 / 8)
+    # two attacks both targeted to 3: indices 3 and 4 are num_r of both and leave the denominator
+    other = torch.tensor([0, 1, 0, 3, 3, 0, 1, 2])
+    both = [robust_masks(pred, Y, torch.full((8,), 3)), robust_masks(other, Y, torch.full((8,), 3))]
+    assert per_sample_accuracy(both) == pytest.approx(3 / 6)  # robust: indices 1, 5, 6
+    assert math.isnan(per_sample_accuracy([]))
+
+
+def test_holdout_must_not_contain_a_known_attack():
+    with pytest.raises(EvaluationError, match="PGDt"):
+        run_constructed(holdout=("DDNu", "PGDt"))
+    with pytest.raises(EvaluationError, match="STu"):
+        run_constructed(holdout=("STu",))
+
+
+def test_sets_from_other_data_are_refused():
+    sets = constructed_sets()
+    sets["PGDu"] = AdvSet("PGDu", sets["PGDu"].x_adv, Y.flip(0), None)
+    with pytest.raises(EvaluationError, match="PGDu"):
+        evaluate(SwapDefense(), nn.Flatten(), images(Y.tolist()), Y, sets, known_attacks=("PGDt",))
+
+
+def test_all_known_gives_nan_worst_case():
+    report = evaluate(
+        SwapDefense(), nn.Flatten(), images(Y.tolist()), Y, constructed_sets(), known_attacks=tuple(DEFENDED_PRED)
+    )
+    assert math.isnan(report.worst_unknown) and math.isnan(report.worst_unknown_per_sample)
+
+
+# ---- adaptive -----------------------------------------------------------------------------
+
+
+@dataclass
+class FakeResult:
+    x_adv: torch.Tensor
+    target: int | None
+    params: dict
+
+
+def fake_adaptive(name, model, defense, x, y, *, dataset, budget, seed, device):
+    pred = {"BPDA": [1, 1, 2, 3, 3, 0, 1, 2], "AA_Linf": [1, 2, 2, 3, 3, 0, 1, 2]}[name]
+    return FakeResult(images([SWAP[p] for p in pred]), None, {"eps": 0.15})
+
+
+def test_adaptive_table_beside_oblivious():
+    report = evaluate_adaptive(
+        SwapDefense(), nn.Flatten(), images(Y.tolist()), Y, dataset="digits", adv_sets=constructed_sets(),
+        run_adaptive_attack=fake_adaptive,
+    )
+    frame = report.to_frame()
+    assert list(frame.columns[:4]) == ["attack", "eps", "oblivious", "adaptive"]
+    bpda = frame.set_index("attack").loc["BPDA"]
+    assert bpda["oblivious_attack"] == "PGDu" and bpda["eps"] == 0.15
+    assert bpda["oblivious"] == pytest.approx(7 / 8) and bpda["adaptive"] == pytest.approx(7 / 8)
+    aa = frame.set_index("attack").loc["AA_Linf"]
+    assert math.isnan(aa["oblivious"]) and aa["adaptive"] == pytest.approx(6 / 8)  # no cached AA_Linf set
+    assert report.to_metrics()["acc.adaptive.AA_Linf"] == pytest.approx(6 / 8)
+    with pytest.raises(EvaluationError, match="valid"):
+        evaluate_adaptive(SwapDefense(), nn.Flatten(), images(Y.tolist()), Y, dataset="digits", attacks=("PGD",))
+
+
+class Identity(nn.Module):
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def tiny_classifier() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 15 * 15, 10)).eval()
+
+
+def test_adaptive_with_the_real_bpda_reports_the_cached_pgd_at_the_same_eps(tmp_path):
+    from addd.attacks import attack_params
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(12, 1, 32, 32, generator=generator), torch.randint(0, 10, (12,), generator=generator)
+    model = tiny_classifier()
+    pgd = AdvCache(tmp_path).get_or_create(AdvRequest("digits", "test", x, y, model, "PGDu", budget=0.1))
+    report = evaluate_adaptive(
+        Identity(), model, x, y, dataset="digits", attacks=("BPDA",), adv_sets={"PGDu": pgd}, budget=0.1
+    )
+    row = report.rows[0]
+    assert row.eps == attack_params("PGDu", "digits")["eps"] == pgd.manifest.params["eps"]
+    assert row.oblivious == pytest.approx(pgd.manifest.model_accuracy)  # identity defense
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+    assert row.adaptive <= clean
+
+
+def test_adaptive_eps_must_match_the_oblivious_set(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(6, 1, 32, 32, generator=generator), torch.randint(0, 10, (6,), generator=generator)
+    model = tiny_classifier()
+    pgd = AdvCache(tmp_path).get_or_create(AdvRequest("digits", "test", x, y, model, "PGDu", budget=0.1))
+
+    def wider(name, model, defense, x, y, **kwargs):
+        return FakeResult(x.clone(), None, {"eps": 0.3})
+
+    with pytest.raises(EvaluationError, match="eps"):
+        evaluate_adaptive(Identity(), model, x, y, dataset="digits", attacks=("BPDA",), adv_sets={"PGDu": pgd},
+                          run_adaptive_attack=wider)
+
+
+def test_predict_batches_and_restores_model_mode():
+    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.9)).train()
+    x = images([0, 1, 2, 3, 1])
+    assert torch.equal(predict(model, x, batch_size=2), torch.tensor([0, 1, 2, 3, 1]))  # dropout off
+    assert model.training
