@@ -187,7 +187,9 @@ class CifarResNet(nn.Module):
             raise TargetModelError(f"CIFAR ResNet depth must be 6n + 2 (20, 32, 44, 56, 110, ...), got {depth}")
         blocks_per_stage = (depth - 2) // 6
         self.normalize = Normalize(channels, mean, std)
-        self.stem = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         stages, c_in = [], width
         for stage, c_out in enumerate((width, 2 * width, 4 * width)):  # 32x32, 16x16, 8x8
             for block in range(blocks_per_stage):
@@ -264,7 +266,7 @@ def _augment_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Ten
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     "none": _augment_none,
     "crop": _augment_crop,  # random shifts of up to 4 pixels
-    "crop_flip": _augment_crop_flip,  # CIFAR only: a flipped digit is a different digit
+    "crop_flip": _augment_crop_flip,  # natural images (CIFAR); not digits: a flipped digit is another digit
 }
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": lambda params, s: torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay),
@@ -276,6 +278,14 @@ LR_SCHEDULES: dict[str, Callable[[int], Callable[[int], float]]] = {
     "constant": lambda total_steps: lambda step: 1.0,
     "cosine": lambda total_steps: lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps)),
 }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -293,17 +303,17 @@ class TargetTrainSettings:
     seed: int = 0  # initialisation, shuffling, dropout and augmentation
 
     def __post_init__(self) -> None:
-        checks = [
-            (isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an int >= 1, got {self.epochs!r}"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 2, f"batch_size must be an int >= 2, got {self.batch_size!r}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be > 0, got {self.lr!r}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum!r}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay!r}"),
-            (isinstance(self.seed, int), f"seed must be an int, got {self.seed!r}"),
+        checks = [  # (field, valid?, what it must be)
+            ("epochs", _is_int(self.epochs) and self.epochs >= 1, "an int >= 1"),
+            ("batch_size", _is_int(self.batch_size) and self.batch_size >= 2, "an int >= 2"),
+            ("lr", _is_number(self.lr) and 0 < self.lr < math.inf, "a number > 0"),
+            ("momentum", _is_number(self.momentum) and 0 <= self.momentum < 1, "a number in [0, 1)"),
+            ("weight_decay", _is_number(self.weight_decay) and self.weight_decay >= 0, "a number >= 0"),
+            ("seed", _is_int(self.seed), "an int"),
         ]
-        for ok, message in checks:
+        for name, ok, rule in checks:
             if not ok:
-                raise TargetModelError(f"TargetTrainSettings.{message}")
+                raise TargetModelError(f"TargetTrainSettings.{name} must be {rule}, got {getattr(self, name)!r}")
         for name, registry in (("optimizer", OPTIMIZERS), ("lr_schedule", LR_SCHEDULES), ("augment", AUGMENTATIONS)):
             if getattr(self, name) not in registry:
                 raise TargetModelError(
@@ -333,7 +343,9 @@ def default_settings(dataset_name: str) -> TargetTrainSettings:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu") -> torch.Tensor:
+def predict(
+    model: nn.Module, x: torch.Tensor, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Predicted labels (N,) int64 on the CPU, in batches; the model's mode is left as it is."""
     labels = [model(x[i : i + batch_size].to(device)).argmax(dim=1).cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
@@ -373,6 +385,8 @@ def train_target_model(
     The caller's global RNG state is left untouched. Reports val accuracy per epoch and the
     clean test accuracy at the end.
     """
+    if len(dataset.train) < 2:
+        raise TargetModelError(f"{dataset.name}: need at least 2 training examples, got {len(dataset.train)}")
     device = torch.device(device)
     start = time.perf_counter()
     fork_devices = [device.index or 0] if device.type == "cuda" else []
@@ -404,7 +418,9 @@ def train_target_model(
                 loss_sum, seen = loss_sum + loss.item() * len(index), seen + len(index)
             val_acc = accuracy(model, dataset.val, device)
             history.append({"epoch": epoch, "loss": loss_sum / max(seen, 1), "val_accuracy": val_acc})
-            logger.info("target %s/%s epoch %d: loss %.4f, val acc %s", dataset.name, arch, epoch, history[-1]["loss"], val_acc)
+            logger.info(
+                "target %s/%s epoch %d: loss %.4f, val acc %s", dataset.name, arch, epoch, history[-1]["loss"], val_acc
+            )
     model.eval()
     test_acc = accuracy(model, dataset.test, device)
     return TrainResult(model, test_acc, history[-1]["val_accuracy"], history, time.perf_counter() - start)
@@ -449,10 +465,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("ADDD_CACHE_DIR") or "./.addd_cache")
 
 
-def target_model_key(dataset_fingerprint: str, arch: str, arch_kwargs: Mapping[str, Any], settings: TargetTrainSettings) -> str:
+def target_model_key(
+    dataset_fingerprint: str, arch: str, arch_kwargs: Mapping[str, Any], settings: TargetTrainSettings
+) -> str:
     """Cache key: hash of the data, architecture (all constructor args) and training settings."""
     return stable_hash(
-        {"format": FORMAT, "dataset": dataset_fingerprint, "arch": arch, "arch_kwargs": dict(arch_kwargs), "settings": asdict(settings)}
+        {
+            "format": FORMAT,
+            "dataset": dataset_fingerprint,
+            "arch": arch,
+            "arch_kwargs": dict(arch_kwargs),
+            "settings": asdict(settings),
+        }
     )
 
 
@@ -477,7 +501,8 @@ def get_target_model(
     if arch is None:
         if dataset.name not in DEFAULT_ARCH:
             raise TargetModelError(
-                f"no default target architecture for dataset {dataset.name!r}; pass arch= one of {', '.join(TARGET_ARCHS)}"
+                f"no default target architecture for dataset {dataset.name!r}; "
+                f"pass arch= one of {', '.join(TARGET_ARCHS)}"
             )
         arch = DEFAULT_ARCH[dataset.name]
     settings = settings if settings is not None else default_settings(dataset.name)
@@ -492,7 +517,9 @@ def get_target_model(
             entry = load_target_entry(path, device)
             if entry.key != key:
                 raise TargetModelError(f"{path} holds key {entry.key}, expected {key}; delete the file and rerun")
-            logger.info("target %s/%s: loaded %s (clean test acc %s)", dataset.name, arch, path, entry.clean_test_accuracy)
+            logger.info(
+                "target %s/%s: loaded %s (clean test acc %s)", dataset.name, arch, path, entry.clean_test_accuracy
+            )
             return entry
         logger.info("target %s/%s: training (key %s) with %s", dataset.name, arch, key, settings)
         result = train_target_model(dataset, arch, settings, kwargs, device)
@@ -551,13 +578,17 @@ def load_target_entry(path: str | Path, device: str | torch.device = "cpu") -> T
             "pass a file written by get_target_model"
         )
     if weights_sha256(tensors) != metadata.get("weights_sha256"):
-        raise TargetModelError(f"{path}: weights do not match their recorded SHA-256 (corrupted); delete it and retrain")
+        raise TargetModelError(
+            f"{path}: weights do not match their recorded SHA-256 (corrupted); delete it and retrain"
+        )
     try:
         model = build_target_model(metadata["arch"], **metadata["arch_kwargs"])
         model.load_state_dict(tensors, strict=True)
         settings = TargetTrainSettings(**metadata["settings"])
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise TargetModelError(f"{path} does not match this version's architectures ({exc}); delete it and retrain") from exc
+        raise TargetModelError(
+            f"{path} does not match this version's architectures ({exc}); delete it and retrain"
+        ) from exc
     return TargetModel(
         model=model.to(device).eval(),
         path=path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -91,7 +92,13 @@ def test_unknown_arch_and_bad_kwargs_are_clear_errors():
 
 @pytest.mark.parametrize(
     "changes,match",
-    [({"optimizer": "lbfgs"}, "adam, sgd"), ({"epochs": 0}, "epochs"), ({"lr": -1.0}, "lr"), ({"augment": "mixup"}, "crop_flip")],
+    [
+        ({"optimizer": "lbfgs"}, "adam, sgd"),
+        ({"epochs": 0}, "epochs"),
+        ({"lr": -1.0}, "lr"),
+        ({"lr": "fast"}, "lr"),
+        ({"augment": "mixup"}, "crop_flip"),
+    ],
 )
 def test_bad_settings_are_clear_errors(changes, match):
     with pytest.raises(TargetModelError, match=match):
@@ -122,7 +129,7 @@ def test_training_is_deterministic_and_leaves_global_rng_alone(tmp_path, small_d
     second = get_target_model(small_digits, settings=TINY, cache_dir=tmp_path / "b")
     assert first.trained and second.trained
     assert first.weights_sha256 == second.weights_sha256
-    reseeded = get_target_model(small_digits, settings=TargetTrainSettings(**{**TINY.__dict__, "seed": 1}), cache_dir=tmp_path)
+    reseeded = get_target_model(small_digits, settings=replace(TINY, seed=1), cache_dir=tmp_path)
     assert reseeded.weights_sha256 != first.weights_sha256
 
 
@@ -154,7 +161,7 @@ def test_second_call_loads_instead_of_training(tmp_path, small_digits, monkeypat
     torch.testing.assert_close(second.model(x), first.model(x), rtol=0, atol=0)
     # A different setting is a different key, so it would train: the patched trainer fires.
     with pytest.raises(AssertionError, match="trained again"):
-        get_target_model(small_digits, settings=TargetTrainSettings(**{**TINY.__dict__, "lr": 1e-3}), cache_dir=tmp_path)
+        get_target_model(small_digits, settings=replace(TINY, lr=1e-3), cache_dir=tmp_path)
 
 
 def test_cache_dir_defaults_to_env(tmp_path, small_digits, monkeypatch):
@@ -164,17 +171,17 @@ def test_cache_dir_defaults_to_env(tmp_path, small_digits, monkeypatch):
 
 
 def test_key_changes_with_every_ingredient(small_digits):
-    kwargs = arch_kwargs_for("digits_cnn", 1, 10)
-    base = target_model_key(small_digits.fingerprint(), "digits_cnn", kwargs, TINY)
-    assert base == target_model_key(small_digits.fingerprint(), "digits_cnn", dict(kwargs), TINY)
+    fingerprint, kwargs = small_digits.fingerprint(), arch_kwargs_for("digits_cnn", 1, 10)
+    base = target_model_key(fingerprint, "digits_cnn", kwargs, TINY)
+    assert base == target_model_key(fingerprint, "digits_cnn", dict(kwargs), replace(TINY))
     other_data = load_dataset("digits", n_train=256, n_val=32, n_test=64, seed=1).fingerprint()
     variants = [
         target_model_key(other_data, "digits_cnn", kwargs, TINY),
-        target_model_key(small_digits.fingerprint(), "lenet", arch_kwargs_for("lenet", 1, 10), TINY),
-        target_model_key(small_digits.fingerprint(), "digits_cnn", arch_kwargs_for("digits_cnn", 1, 10, {"width": 4}), TINY),
+        target_model_key(fingerprint, "lenet", arch_kwargs_for("lenet", 1, 10), TINY),
+        target_model_key(fingerprint, "digits_cnn", arch_kwargs_for("digits_cnn", 1, 10, {"width": 4}), TINY),
     ]
     for field_name, value in [("epochs", 2), ("batch_size", 64), ("lr", 1e-2), ("seed", 1), ("weight_decay", 1e-4)]:
-        variants.append(target_model_key(small_digits.fingerprint(), "digits_cnn", kwargs, TargetTrainSettings(**{**TINY.__dict__, field_name: value})))
+        variants.append(target_model_key(fingerprint, "digits_cnn", kwargs, replace(TINY, **{field_name: value})))
     assert len(set(variants)) == len(variants) and base not in variants
 
 
