@@ -9,26 +9,30 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from sweeps.schedule import FINISHED, SweepSchedule
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- inside a trial
 def trial_id() -> str:
-    from ray import tune
-
     return tune.get_context().get_trial_id()
 
 
 @contextlib.contextmanager
 def latest_checkpoint_dir() -> Iterator[str | None]:
     """The directory of the trial's last checkpoint (a restored trial), else None."""
-    from ray import tune
-
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         yield None
@@ -38,8 +42,6 @@ def latest_checkpoint_dir() -> Iterator[str | None]:
 
 
 def report(metrics: dict[str, float], checkpoint_dir: str | None = None) -> None:
-    from ray import tune
-
     checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
     tune.report(metrics, checkpoint=checkpoint)
 
@@ -47,10 +49,10 @@ def report(metrics: dict[str, float], checkpoint_dir: str | None = None) -> None
 # ----------------------------------------------------------------------------- the cluster
 def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
     """Join ``address`` (``auto`` under ``ray submit``) or start a local Ray. Returns its resources."""
-    import ray
-
     if ray.is_initialized():
         return ray.cluster_resources()
+    # Every epoch's checkpoint forces an experiment snapshot (num_to_keep=1): cheap here, not a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
@@ -60,16 +62,12 @@ def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
 
 
 def shutdown() -> None:
-    import ray
-
     if ray.is_initialized():
         ray.shutdown()
 
 
 def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], *, label: str, num_cpus: float = 1, num_gpus: float = 0) -> list[Any]:
     """``[fn(item) for item in items]`` as Ray tasks, logging progress as each one finishes."""
-    import ray
-
     if not items:
         return []
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)(_apply)
@@ -132,59 +130,110 @@ class TrialOutcome:
 _LISTENERS: dict[str, TrialListener] = {}
 
 
-def _callback(name: str):
-    from ray import tune
+class _Forward(tune.Callback):
+    """Forwards trial events to the listener registered under ``key`` in this process."""
 
-    class _Forward(tune.Callback):
-        def __init__(self, key: str):
-            self.key = key
+    def __init__(self, key: str):
+        self.key = key
 
-        def _listener(self) -> TrialListener | None:
-            return _LISTENERS.get(self.key)
+    def _listener(self) -> TrialListener | None:
+        return _LISTENERS.get(self.key)
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            if listener := self._listener():
-                listener.started(trial.trial_id, trial.config)
+    def on_trial_start(self, iteration, trials, trial, **info):
+        if listener := self._listener():
+            listener.started(trial.trial_id, trial.config)
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            if listener := self._listener():
-                listener.result(trial.trial_id, trial.config, result)
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if listener := self._listener():
+            listener.result(trial.trial_id, trial.config, result)
 
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            if listener := self._listener():
-                ckpt = trial.checkpoint
-                listener.completed(trial.trial_id, trial.config, dict(trial.last_result or {}), CheckpointRef(ckpt) if ckpt else None)
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if listener := self._listener():
+            ckpt = trial.checkpoint
+            listener.completed(trial.trial_id, trial.config, dict(trial.last_result or {}), CheckpointRef(ckpt) if ckpt else None)
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            if listener := self._listener():
-                listener.errored(trial.trial_id, trial.config)
+    def on_trial_error(self, iteration, trials, trial, **info):
+        if listener := self._listener():
+            listener.errored(trial.trial_id, trial.config)
 
-    return _Forward(name)
+
+class _ScheduleSearcher(Searcher):
+    """Ray Searcher over a :class:`sweeps.schedule.SweepSchedule` (state = the pickled schedule)."""
+
+    def __init__(self, schedule: SweepSchedule):
+        # No metric for Tune to enforce: final trials report the objective only at their end.
+        super().__init__(metric=None, mode=None)
+        self.schedule = schedule
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the schedule carries its own spaces
+
+    def suggest(self, trial_id: str):
+        config = self.schedule.suggest(trial_id)
+        return Searcher.FINISHED if config == FINISHED else config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.schedule.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.schedule.on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as fh:
+            pickle.dump(self.schedule, fh)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as fh:
+            self.schedule = pickle.load(fh)
+
+
+class _VariantASHA(FIFOScheduler):
+    """One ASHA per variant (a variant's trials compete only with each other); final trials run to the end."""
+
+    def __init__(self, variants: Sequence[str], metric: str, asha: dict[str, int]):
+        super().__init__()
+        self._asha = {v: ASHAScheduler(time_attr="training_iteration", metric=metric, mode="max", **asha) for v in variants}
+
+    def _of(self, trial) -> ASHAScheduler | None:
+        config = trial.config
+        return self._asha.get(config.get("variant")) if config.get("phase") == "search" else None
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return True
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        if asha := self._of(trial):
+            asha.on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result) -> str:
+        asha = self._of(trial)
+        return asha.on_trial_result(tune_controller, trial, result) if asha else TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result) -> None:
+        if (asha := self._of(trial)) and trial.trial_id in asha._trial_info:  # noqa: SLF001
+            asha.on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_remove(self, tune_controller, trial) -> None:
+        if (asha := self._of(trial)) and trial.trial_id in asha._trial_info:  # noqa: SLF001
+            asha.on_trial_remove(tune_controller, trial)
 
 
 @dataclass(frozen=True)
 class TuneJob:
-    """One Tuner run: a named experiment under ``storage_path``."""
+    """One Tuner run of a whole sweep: a named experiment under ``storage_path``."""
 
     name: str
     storage_path: str
-    param_space: dict[str, Any]
-    num_samples: int
+    schedule: SweepSchedule
     max_concurrent: int
     cpus_per_trial: float
     gpus_per_trial: float
-    metric: str | None = None
-    mode: str = "max"
-    searcher: Any = None  # from sweeps._optuna; None: grid / constants only
-    asha: dict[str, int] | None = None  # max_t, grace_period, reduction_factor
+    asha: dict[str, int]  # max_t, grace_period, reduction_factor
 
 
 def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener | None, resume: bool) -> list[TrialOutcome]:
     """Run (or, with ``resume``, continue) ``job``. ``context`` goes to every trial through the
     object store (``tune.with_parameters``); workers are reused between trials."""
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-
     fn = tune.with_resources(
         tune.with_parameters(trainable, ctx=context),
         {"cpu": job.cpus_per_trial, "gpu": job.gpus_per_trial},
@@ -194,20 +243,15 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
         _LISTENERS[job.name] = listener
     if resume and tune.Tuner.can_restore(path):
         log.info("resuming %s from %s", job.name, path)
-        tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True, param_space=job.param_space)
+        tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
     else:
-        scheduler = None
-        if job.asha:
-            scheduler = ASHAScheduler(time_attr="training_iteration", **job.asha)
+        variants = [v.variant for v in job.schedule.variants]
         tuner = tune.Tuner(
             fn,
-            param_space=job.param_space,
             tune_config=tune.TuneConfig(
-                metric=job.metric,
-                mode=job.mode if job.metric else None,
-                search_alg=job.searcher,
-                scheduler=scheduler,
-                num_samples=job.num_samples,
+                search_alg=_ScheduleSearcher(job.schedule),
+                scheduler=_VariantASHA(variants, job.schedule.metric, job.asha),
+                num_samples=job.schedule.total_trials,
                 max_concurrent_trials=job.max_concurrent,
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: trial.trial_id,
@@ -215,7 +259,7 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
             run_config=tune.RunConfig(
                 name=job.name,
                 storage_path=job.storage_path,
-                callbacks=[_callback(job.name)],
+                callbacks=[_Forward(job.name)],
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=1),
                 verbose=0,
@@ -224,23 +268,17 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
     grid = tuner.fit()
     outcomes = []
     for result in grid:
-        trial_config = dict(result.config or {})
+        metrics = dict(result.metrics or {})
         outcomes.append(
             TrialOutcome(
-                trial_id=(result.metrics or {}).get("trial_id", Path(result.path).name),
-                config=trial_config,
-                metrics=dict(result.metrics or {}),
+                trial_id=metrics.get("trial_id", Path(result.path).name),
+                config=dict(result.config or {}),
+                metrics=metrics,
                 checkpoint=CheckpointRef(result.checkpoint) if result.checkpoint else None,
                 error=str(result.error) if result.error else None,
             )
         )
     return outcomes
-
-
-def grid(values: list[Any]) -> Any:
-    from ray import tune
-
-    return tune.grid_search(values)
 
 
 def _join(storage_path: str, name: str) -> str:

@@ -270,59 +270,34 @@ def _code_version() -> str:
         return "unknown"
 
 
-def _search_job(plan: Plan, variant: str, slots: int):
+def _schedule(plan: Plan):
+    """One VariantSearch per ablation variant: its own seeded TPE study, the same budget."""
     from addd.config import ablation
-    from sweeps import _optuna, _ray
+    from sweeps import _optuna
+    from sweeps.schedule import SweepSchedule, VariantSearch
     from sweeps.trial import OBJECTIVE
 
     s = plan.space
     base = s.base_config().replace(**{"train.device": plan.device})
-    search = s.variant_search(variant)
-    flat = _flat(ablation(base, variant))
-    constants = {k: v for k, v in flat.items() if k not in search}
-    paper_point = {k: v for k, v in _flat(base).items() if k in search and not isinstance(v, list)}
-    if "known_attacks" in search:
-        paper_point["known_attacks"] = "+".join(base.known_attacks)
-    searcher = _optuna.make_searcher(
-        url=plan.optuna_url,
-        study_name=plan.study_name(variant),
-        search=search,
-        metric=OBJECTIVE,
-        seed=plan.seed,
-        startup_trials=min(s.startup_trials, plan.num_samples),
-        first_point=paper_point,
-    )
-    return _ray.TuneJob(
-        name=f"search-{variant}",
-        storage_path=plan.storage_path,
-        param_space={"phase": "search", "variant": variant, **constants},
-        num_samples=plan.num_samples,
-        max_concurrent=slots,
-        cpus_per_trial=plan.cpus_per_trial,
-        gpus_per_trial=plan.gpus_per_trial,
-        metric=OBJECTIVE,
-        searcher=searcher,
-        asha={"max_t": base.train.epochs, "grace_period": s.grace_period, "reduction_factor": s.reduction_factor},
-    )
-
-
-def _final_job(plan: Plan, best_configs: Mapping[str, dict[str, Any]], slots: int):
-    from sweeps import _ray
-
-    runs = [
-        {**config, "phase": "final", "variant": variant, "train.seed": seed}
-        for variant, config in best_configs.items()
-        for seed in range(plan.seeds)
-    ]
-    return _ray.TuneJob(
-        name="final",
-        storage_path=plan.storage_path,
-        param_space={"run": _ray.grid(runs)},
-        num_samples=1,
-        max_concurrent=slots,
-        cpus_per_trial=plan.cpus_per_trial,
-        gpus_per_trial=plan.gpus_per_trial,
-    )
+    variants = []
+    for variant in s.variants:
+        search = s.variant_search(variant)
+        flat = _flat(ablation(base, variant))
+        paper_point = {k: v for k, v in _flat(base).items() if k in search and not isinstance(v, list)}
+        if "known_attacks" in search:
+            paper_point["known_attacks"] = "+".join(base.known_attacks)
+        searcher = _optuna.make_searcher(
+            url=plan.optuna_url,
+            study_name=plan.study_name(variant),
+            search=search,
+            metric=OBJECTIVE,
+            seed=plan.seed,
+            startup_trials=min(s.startup_trials, plan.num_samples),
+            first_point=paper_point,
+        )
+        constants = {k: v for k, v in flat.items() if k not in search}
+        variants.append(VariantSearch(variant, searcher, constants, budget=plan.num_samples, seeds=plan.seeds))
+    return SweepSchedule(variants, metric=OBJECTIVE)
 
 
 def _slots(plan: Plan, resources: Mapping[str, float]) -> int:
@@ -365,17 +340,21 @@ def run_sweep(plan: Plan) -> Path:
     parent = state.parent_run_id
     recorder = Recorder(tracker, parent, ctx, plan.space.grid_examples)
 
-    search: dict[str, list] = {}
-    for variant in plan.space.variants:
-        start = time.perf_counter()
-        search[variant] = _ray.run(_search_job(plan, variant, slots), train_defense, ctx, recorder, plan.resume)
-        timings[f"search-{variant}"] = time.perf_counter() - start
-    from sweeps.summary import best_trial
-
-    best_configs = {v: {k: val for k, val in best_trial(o).config.items() if k not in ("phase", "variant")} for v, o in search.items()}
+    s = plan.space
+    job = _ray.TuneJob(
+        name="sweep",
+        storage_path=plan.storage_path,
+        schedule=_schedule(plan),
+        max_concurrent=slots,
+        cpus_per_trial=plan.cpus_per_trial,
+        gpus_per_trial=plan.gpus_per_trial,
+        asha={"max_t": s.base_config().train.epochs, "grace_period": s.grace_period, "reduction_factor": s.reduction_factor},
+    )
     start = time.perf_counter()
-    final = _ray.run(_final_job(plan, best_configs, slots), train_defense, ctx, recorder, plan.resume)
-    timings["final"] = time.perf_counter() - start
+    outcomes = _ray.run(job, train_defense, ctx, recorder, plan.resume)
+    timings["trials"] = time.perf_counter() - start
+    search = {v: [o for o in outcomes if o.config.get("phase") == "search" and o.config.get("variant") == v] for v in s.variants}
+    final = [o for o in outcomes if o.config.get("phase") == "final"]
 
     header = {
         "space": plan.space.name,

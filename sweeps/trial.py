@@ -55,10 +55,7 @@ class TrialContext:
 
 
 def split_config(config: Mapping[str, Any]) -> tuple[str, str, DefenseConfig]:
-    """(phase, variant, DefenseConfig) of a trial config; the variant's ablation is applied.
-
-    Final-phase trials come from a grid over whole configs, nested under ``"run"``."""
-    config = config.get("run", config)
+    """(phase, variant, DefenseConfig) of a trial config; the variant's ablation is applied."""
     flat = {k: v for k, v in config.items() if k not in _META_KEYS}
     variant = config["variant"]
     return config["phase"], variant, ablation(from_flat_dict(flat), variant)
