@@ -87,7 +87,7 @@ def sha256_tensor(tensor: torch.Tensor) -> str:
     """SHA-256 of a tensor's dtype, shape and raw bytes (identical data -> identical hash)."""
     t = tensor.detach().to("cpu").contiguous()
     digest = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
-    digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
 
 
