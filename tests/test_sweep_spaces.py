@@ -1,0 +1,155 @@
+"""sweeps.spaces, the schedule of a sweep, and the CLI paths that run nothing (fast)."""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from addd.config import ABLATIONS
+from sweeps.run import main
+from sweeps.schedule import FINISHED, SweepSchedule, VariantSearch
+from sweeps.spaces import SPACES, Choice, LogUniform, SpaceError, get_space
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", list(SPACES))
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_space_validates_and_leaves_an_unknown_attack_per_choice(name, smoke):
+    space = get_space(name, smoke=smoke)
+    assert space.variants and all(v in ABLATIONS for v in space.variants)
+    for pair in space.known_attack_choices():
+        assert set(space.eval_attacks) - set(pair), pair
+        assert not set(pair) & set(space.holdout_attacks)
+    if smoke:
+        full = SPACES[name]
+        assert space.num_samples <= full.num_samples and space.base_config().train.epochs <= full.base_config().train.epochs
+
+
+def test_the_issue_names_its_spaces_and_ablation_variants():
+    assert {"digits_ablation", "svhn_ablation", "mnist", "fashion_mnist", "cifar10"} <= set(SPACES)
+    for name in ("digits_ablation", "svhn_ablation"):
+        assert SPACES[name].variants == ("full", "no_dp", "no_prior")
+    svhn = SPACES["svhn_ablation"].base_config()
+    assert svhn.network.width == 1.0 and svhn.network.channels == 3
+    assert (svhn.loss.lambda_prior, svhn.loss.lambda_dp, svhn.loss.lambda_cls, svhn.loss.theta_mse) == (1e-4, 1.0, 1e-3, 1e3)
+    cifar = SPACES["cifar10"].base_config().loss
+    assert (cifar.lambda_prior, cifar.lambda_dp, cifar.theta_mse) == (1e-6, 0.1, 10.0)
+    for key in ("loss.lambda_prior", "loss.lambda_dp", "loss.lambda_cls", "loss.theta_mse", "loss.sigma", "known_attacks"):
+        assert key in SPACES["svhn_ablation"].search
+
+
+def test_an_ablated_weight_is_not_searched():
+    space = get_space("digits_ablation")
+    assert "loss.lambda_dp" in space.variant_search("full")
+    assert "loss.lambda_dp" not in space.variant_search("no_dp")
+    assert "loss.lambda_prior" not in space.variant_search("no_prior")
+
+
+def test_unknown_space_lists_the_valid_names():
+    with pytest.raises(SpaceError) as info:
+        get_space("svhn")
+    for name in SPACES:
+        assert name in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "change, words",
+    [
+        ({"search": {"loss.lambda_prior": LogUniform(0.0, 1.0)}}, "0 < low < high"),
+        ({"search": {"loss.theta_mse": LogUniform(10.0, 1.0)}}, "0 < low < high"),
+        ({"search": {"loss.nope": LogUniform(1.0, 2.0)}}, "unknown search key"),
+        ({"search": {"known_attacks": Choice(("PGDu+CWu",))}}, "overlap holdout"),
+        ({"search": {"known_attacks": Choice(("PGDu+XYZ",))}}, "XYZ"),
+        ({"variants": ("full", "no_such")}, "no_such"),
+        ({"holdout_attacks": ("LSu",)}, "must be among eval_attacks"),
+        ({"dataset": "imagenet"}, "imagenet"),
+        ({"num_samples": 0}, "num_samples"),
+    ],
+)
+def test_invalid_spaces_fail_before_anything_runs(change, words):
+    with pytest.raises(SpaceError, match=words):
+        replace(SPACES["digits_ablation"], **change).validate()
+
+
+def test_cli_list_spaces_and_dry_run_print_and_write_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["--list-spaces"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in SPACES)
+    assert main(["--space", "svhn_ablation", "--dry-run", "--num-samples", "7", "--gpus-per-trial", "0.25"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["trials_per_variant"] == 7 and plan["resources"]["gpus_per_trial"] == 0.25
+    assert plan["variants"] == ["full", "no_dp", "no_prior"]
+    assert plan["total_trials"] == 3 * (7 + SPACES["svhn_ablation"].seeds)
+    assert "loss.lambda_dp" not in plan["search"]["no_dp"]
+    assert plan["attacks"]["holdout"] == list(SPACES["svhn_ablation"].holdout_attacks)
+    assert list(tmp_path.iterdir()) == []  # ran nothing, wrote nothing
+
+
+def test_cli_bad_space_exits_nonzero_with_the_valid_names():
+    out = subprocess.run([sys.executable, str(REPO / "sweeps" / "run.py"), "--space", "nope", "--dry-run"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "digits_ablation" in out.stderr and "Traceback" not in out.stderr
+
+
+# ----------------------------------------------------------------------------- schedule
+class _FakeSearcher:
+    """Suggests {"x": n} for its n-th trial; records what it was told."""
+
+    def __init__(self):
+        self.asked, self.told = 0, {}
+
+    def suggest(self, trial_id):
+        self.asked += 1
+        return {"x": float(self.asked)}
+
+    def on_trial_result(self, trial_id, result):
+        pass
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.told[trial_id] = (result, error)
+
+
+def _schedule(budget=2, seeds=2):
+    variants = [VariantSearch(v, _FakeSearcher(), {"c": v}, budget=budget, seeds=seeds) for v in ("full", "no_dp")]
+    return SweepSchedule(variants, metric="objective")
+
+
+def test_schedule_gives_variants_equal_budgets_then_reruns_each_best_over_seeds():
+    schedule = _schedule()
+    first = [schedule.suggest(f"t{i}") for i in range(4)]
+    assert [c["variant"] for c in first] == ["full", "no_dp", "full", "no_dp"]
+    assert all(c["phase"] == "search" for c in first)
+    assert schedule.suggest("t4") is None  # budgets used up, no search finished yet: wait
+    schedule.on_trial_complete("t0", {"objective": 0.3})
+    schedule.on_trial_complete("t2", {"objective": 0.7})
+    finals = [schedule.suggest("f0"), schedule.suggest("f1")]
+    assert [(c["phase"], c["variant"], c["train.seed"], c["x"]) for c in finals] == [("final", "full", 0, 2.0), ("final", "full", 1, 2.0)]
+    assert schedule.suggest("f2") is None  # no_dp still searching
+    schedule.on_trial_complete("t1", {"objective": float("nan")})
+    schedule.on_trial_complete("t3", {"objective": 0.1})
+    assert schedule.suggest("f2")["variant"] == "no_dp"
+    assert schedule.suggest("f3")["x"] == 2.0  # t3 (0.1) beat t1 (NaN)
+    assert schedule.suggest("f4") == FINISHED
+    assert schedule.total_trials == 2 * (2 + 2)
+    assert schedule.variants[0].searcher.told["t2"] == ({"objective": 0.7}, False)
+
+
+def test_schedule_state_survives_pickling_mid_sweep():
+    schedule = _schedule(budget=3, seeds=1)
+    for i in range(3):
+        schedule.suggest(f"t{i}")
+    schedule.on_trial_complete("t0", {"objective": 0.5})
+    restored = pickle.loads(pickle.dumps(schedule))
+    assert [v.suggested for v in restored.variants] == [2, 1]
+    assert restored.variants[0].best_score == 0.5 and math.isinf(restored.variants[1].best_score)
+    assert restored.suggest("t3")["variant"] == "no_dp"  # continues the round robin, no re-ask
