@@ -172,17 +172,24 @@ def prepare(plan: Plan, events_path: Path | None):
 
     s = plan.space
     dataset = load_dataset(s.dataset, plan.data_root, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, seed=0)
-    target = get_target_model(dataset, arch=s.target_arch, cache_dir=plan.cache_dir)
+    import torch
+
+    target = get_target_model(dataset, arch=s.target_arch, cache_dir=plan.cache_dir,
+                              device="cuda" if torch.cuda.is_available() else "cpu")
+    target.model.cpu()  # trials and attack tasks move it to their own device
     cache = AdvCache(plan.cache_dir / "advcache")
+    task_gpus = 1.0 if plan.device == "cuda" else 0.0  # attacks on GPU workers when trials use GPUs
     splits = {}
     for split, attacks in (("train", s.train_attacks()), ("val", s.eval_attacks), ("test", s.eval_attacks)):
         data = getattr(dataset, split)
         requests = [
             AdvRequest(s.dataset, split, data.x, data.y, target.model, attack, model_sha256=target.weights_sha256,
-                       budget=s.attack_budget, seed=0)
+                       budget=s.attack_budget, seed=0, device=plan.device)
             for attack in attacks
         ]
-        map_fn = lambda fn, items, split=split: _ray.parallel_map(fn, items, label=f"adversarial sets ({split})")  # noqa: E731
+        map_fn = lambda fn, items, split=split: _ray.parallel_map(  # noqa: E731
+            fn, items, label=f"adversarial sets ({split})", num_gpus=task_gpus
+        )
         splits[split] = SplitSets(data.x, data.y, cache.get_many(requests, map_fn=map_fn, progress=_log_progress))
     ctx = TrialContext(
         train=splits["train"],
