@@ -206,7 +206,7 @@ class AdvCache:
             "params": _jsonable(self._attack_params()(request.attack, request.dataset, budget=request.budget)),
             "seed": int(request.seed),
             "chunk_size": self.chunk_size,  # seeds are drawn per chunk, so chunking changes x_adv
-            "library_versions": _jsonable(self._library_versions()()),
+            "library_versions": _versions(self._library_versions()),
         }
 
     def key(self, request: AdvRequest) -> str:
@@ -400,6 +400,16 @@ class AdvCache:
 def _get_one(cache: AdvCache, request: AdvRequest, progress: ProgressFn | None = None) -> AdvSet:
     """Module-level so ``functools.partial`` of it pickles for process/Ray map functions."""
     return cache.get_or_create(request, progress=progress)
+
+
+_VERSIONS_MEMO: dict[Callable[[], dict], dict[str, Any]] = {}
+
+
+def _versions(library_versions: Callable[[], dict]) -> dict[str, Any]:
+    """``library_versions()`` once per process (reading package metadata takes ~10 ms a call)."""
+    if library_versions not in _VERSIONS_MEMO:
+        _VERSIONS_MEMO[library_versions] = _jsonable(library_versions())
+    return dict(_VERSIONS_MEMO[library_versions])
 
 
 def _report(progress: ProgressFn | None, attack: str, done: int, total: int) -> None:
