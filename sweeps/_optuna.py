@@ -5,6 +5,7 @@ RDB study, and the study plots for the report. Open the study with
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -102,7 +103,9 @@ def save_study_plots(url: str, study_name: str, out_dir: Path) -> list[Path]:
     for label, plot in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances)):
         path = out_dir / f"optuna_{label}_{study_name}.png"
         try:
-            ax = plot(study)
+            with warnings.catch_warnings():  # "experimental" and few-trials notices: not the user's concern
+                warnings.simplefilter("ignore")
+                ax = plot(study)
             ax.figure.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(ax.figure)
             written.append(path)

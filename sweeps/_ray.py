@@ -224,7 +224,7 @@ class TuneJob:
 
     name: str
     storage_path: str
-    schedule: SweepSchedule
+    make_schedule: Callable[[], SweepSchedule]  # called only for a new run: a restored one has its own
     max_concurrent: int
     cpus_per_trial: float
     gpus_per_trial: float
@@ -245,13 +245,14 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
         log.info("resuming %s from %s", job.name, path)
         tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
     else:
-        variants = [v.variant for v in job.schedule.variants]
+        schedule = job.make_schedule()
+        variants = [v.variant for v in schedule.variants]
         tuner = tune.Tuner(
             fn,
             tune_config=tune.TuneConfig(
-                search_alg=_ScheduleSearcher(job.schedule),
-                scheduler=_VariantASHA(variants, job.schedule.metric, job.asha),
-                num_samples=job.schedule.total_trials,
+                search_alg=_ScheduleSearcher(schedule),
+                scheduler=_VariantASHA(variants, schedule.metric, job.asha),
+                num_samples=schedule.total_trials,
                 max_concurrent_trials=job.max_concurrent,
                 reuse_actors=True,
                 trial_dirname_creator=lambda trial: trial.trial_id,

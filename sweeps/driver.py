@@ -213,6 +213,7 @@ class Recorder:
     def __init__(self, tracker, parent_id: str, ctx, grid_examples: int):
         self.tracker, self.parent_id, self.ctx, self.grid_examples = tracker, parent_id, ctx, grid_examples
         self.runs: dict[str, str] = {}
+        self.done = 0  # trials completed in this driver process
 
     def _run(self, trial_id: str, config: dict[str, Any]) -> str:
         if trial_id not in self.runs:
@@ -234,6 +235,9 @@ class Recorder:
 
     def completed(self, trial_id: str, config: dict[str, Any], result: dict[str, Any], checkpoint) -> None:
         run_id = self._run(trial_id, config)
+        self.done += 1
+        log.info("trial %s (%s, %s) done after %s epoch(s): objective %.4f [%d done]", trial_id, config.get("phase"),
+                 config.get("variant"), result.get("epoch"), result.get("objective", float("nan")), self.done)
         if checkpoint is not None:
             try:
                 self._log_grid(run_id, config, checkpoint)
@@ -351,7 +355,7 @@ def run_sweep(plan: Plan) -> Path:
     job = _ray.TuneJob(
         name="sweep",
         storage_path=plan.storage_path,
-        schedule=_schedule(plan),
+        make_schedule=lambda: _schedule(plan),
         max_concurrent=slots,
         cpus_per_trial=plan.cpus_per_trial,
         gpus_per_trial=plan.gpus_per_trial,

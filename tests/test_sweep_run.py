@@ -1,0 +1,191 @@
+"""End-to-end sweeps through the CLI (slow): digits smoke read back through MLflow's client,
+svhn_ablation smoke on fake .mat files, and a sweep whose driver is killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RUN = [sys.executable, str(REPO / "sweeps" / "run.py")]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """Target models and adversarial sets, shared by this module's sweeps (as users share them)."""
+    return tmp_path_factory.mktemp("sweep_cache")
+
+
+def _sweep(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run(RUN + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return out
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _test_sets(space, cache_dir: Path, data_root: Path):
+    """The test split, target model and adversarial sets the sweep used (read back from the cache)."""
+    from addd.advcache import AdvCache, AdvRequest
+    from addd.data import load_dataset
+    from addd.target_models import get_target_model
+
+    dataset = load_dataset(space.dataset, data_root, n_train=space.n_train, n_val=space.n_val, n_test=space.n_test, seed=0)
+    target = get_target_model(dataset, arch=space.target_arch, cache_dir=cache_dir)
+    assert not target.trained  # the sweep trained it; we only read it
+    test = dataset.test
+    requests = [
+        AdvRequest(space.dataset, "test", test.x, test.y, target.model, a, model_sha256=target.weights_sha256,
+                   budget=space.attack_budget, seed=0)
+        for a in space.eval_attacks
+    ]
+    return test, target, AdvCache(cache_dir / "advcache").get_many(requests)
+
+
+def test_digits_smoke_sweep_is_readable_through_mlflow(tmp_path, cache_dir):
+    from mlflow.tracking import MlflowClient
+
+    from addd import load_defense
+    from addd.evaluate import evaluate
+    from sweeps.spaces import get_space
+
+    run_dir = tmp_path / "run"
+    _sweep(["--space", "digits_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir)], tmp_path)
+    space = get_space("digits_ablation", smoke=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["variants"]) == set(space.variants)
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("addd-digits_ablation")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["space"] == "digits_ablation"
+    assert parent.data.tags["data_fingerprint"] == summary["data_fingerprint"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == len(runs) - 1 == len(space.variants) * (space.num_samples + space.seeds)
+    for child in children:
+        metrics = child.data.metrics
+        assert "objective" in metrics, child.info.run_name
+        prefix = "val" if child.data.tags["phase"] == "search" else "test"
+        for attack in space.eval_attacks:
+            assert 0.0 <= metrics[f"{prefix}/acc.defended.{attack}"] <= 1.0
+        assert child.data.params["variant"] == child.data.tags["variant"]
+        assert "restored_grid.png" in [a.path for a in client.list_artifacts(child.info.run_id)]
+        history = client.get_metric_history(child.info.run_id, "loss/total")
+        assert sorted(m.step for m in history) == list(range(1, len(history) + 1))  # one value per epoch
+    no_dp = [c for c in children if c.data.tags["variant"] == "no_dp"]
+    assert all(float(c.data.params["loss.lambda_dp"]) == 0.0 and c.data.params["loss.use_dp"] == "False" for c in no_dp)
+
+    stored = json.loads(Path(client.download_artifacts(parent.info.run_id, "summary.json", str(tmp_path))).read_text())
+    assert stored == summary
+    best = summary["best"]
+    path = client.download_artifacts(parent.info.run_id, best["artifact"], str(tmp_path / "dl"))
+    defense = load_defense(path)
+    assert defense.config.train.seed == best["seed"]
+    test, target, sets = _test_sets(space, cache_dir, tmp_path / "data")
+    report = evaluate(defense, target.model, test.x, test.y, sets,
+                      known_attacks=defense.config.known_attacks, holdout=space.holdout_attacks)
+    for name, value in report.to_metrics().items():
+        assert best["test"][name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
+    variant_seeds = summary["variants"][best["variant"]]["seeds"]
+    assert best["test"] in [s["test"] for s in variant_seeds]
+    assert (run_dir / "report" / "fig12_ablation.png").stat().st_size > 0
+    assert "report/report.md" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
+
+
+def test_svhn_ablation_smoke_runs_on_fake_mat_files(tmp_path, cache_dir):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "data" / "svhn"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 120), ("test", 40)):
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = (np.arange(n) % 10 + 1).reshape(n, 1).astype(np.uint8)  # SVHN's labels: 10 means 0
+        savemat(folder / f"{split}_32x32.mat", {"X": x, "y": y})
+    run_dir = tmp_path / "run"
+    _sweep(["--space", "svhn_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
+            "--data-root", str(tmp_path / "data")], tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["dataset"] == "svhn" and set(summary["variants"]) == {"full", "no_dp", "no_prior"}
+    for entry in summary["variants"].values():
+        assert entry["search"]["trials"] == 2 and len(entry["seeds"]) == 1
+        assert "acc.defended.PGDu" in entry["test"]
+    assert (run_dir / "best_defense" / "defense.safetensors").exists()
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, cache_dir):
+    import optuna
+
+    from sweeps.spaces import get_space
+
+    space = get_space("digits_ablation", smoke=True)
+    run_dir = tmp_path / "run"
+    budget = 3
+    args = ["--space", "digits_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
+            "--num-samples", str(budget)]
+    total = len(space.variants) * (budget + space.seeds)
+    log = open(tmp_path / "first.log", "w")
+    first = subprocess.Popen(RUN + args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 400
+        while True:  # kill once some trials have finished and others have not started yet
+            events = _events(run_dir)
+            if any(e["event"] == "end" for e in events) and len({e["trial_id"] for e in events}) >= 5:
+                break
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "the first run never got to 5 trials"
+            time.sleep(0.2)
+        os.kill(first.pid, signal.SIGKILL)  # the driver dies mid-run ...
+        first.wait(timeout=60)
+    finally:
+        time.sleep(1)
+        try:  # ... and so does what it started (raylet, trial workers), as on a crashed machine
+            os.killpg(first.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        log.close()
+    killed_at = time.time()
+    before = _events(run_dir)
+    finished = {e["trial_id"] for e in before if e["event"] == "end"}
+    started = {e["trial_id"] for e in before if e["event"] == "start"}
+    assert finished and len(started) < total, "the kill must land mid-sweep"
+    assert not (run_dir / "summary.json").exists()
+
+    _sweep(args + ["--resume"], tmp_path)
+    after = [e for e in _events(run_dir) if e["time"] > killed_at]
+    # A trial that ended just before the kill may be handed back by Ray (its completion was not
+    # yet in the experiment snapshot); it must then resume at its last epoch and train nothing.
+    retrained = [e for e in after if e["trial_id"] in finished and e["event"] == "epoch"]
+    assert not retrained, f"finished trials trained again: {retrained}"
+    last_epoch = {e["trial_id"]: e["epoch"] for e in before if e["event"] == "end"}
+    assert all(e["start_epoch"] == last_epoch[e["trial_id"]] for e in after if e["event"] == "start" and e["trial_id"] in finished)
+    resumed = {e["trial_id"]: e["start_epoch"] for e in after if e["event"] == "start"}
+    for trial in (started - finished) & set(resumed):  # interrupted: continue from the last checkpoint
+        trained = max([e["epoch"] for e in before if e["trial_id"] == trial and e["event"] == "epoch"], default=0)
+        assert trained - 1 <= resumed[trial] <= trained, (trial, trained, resumed[trial])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for variant, entry in summary["variants"].items():
+        assert entry["search"]["trials"] == budget
+        assert len(entry["seeds"]) == space.seeds
+        study = optuna.load_study(study_name=f"digits_ablation-smoke-{variant}", storage=f"sqlite:///{run_dir / 'optuna.db'}")
+        assert len(study.trials) == budget  # the study went on: no re-asked or lost trials
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    ended = {e["trial_id"] for e in _events(run_dir) if e["event"] == "end"}
+    stopped_early = {e["trial_id"] for e in _events(run_dir) if e["event"] == "start"} - ended
+    assert len(ended | stopped_early) == total
