@@ -15,6 +15,8 @@ Our readings where Table 4 is silent:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -28,6 +30,25 @@ DI_CHANNELS = (32, 64, 128, 256)
 DI_HIDDEN = 512
 CLASSIFIER_HIDDEN = 256
 LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(logvar) finite in float32
+INITIAL_LOGVAR = -6.0  # bias of E's log-variance head at initialisation
+
+
+def init_weights(module: nn.Module, leaky_slope: float) -> None:
+    """He init for LeakyReLU and zero biases, so the signal keeps its scale through the five
+    un-normalised layers of E and G. (PyTorch's default init shrinks it ~3x per layer: E's output
+    then barely depends on its input, and G learns only the average image.)"""
+    gain = math.sqrt(2.0 / (1.0 + leaky_slope**2))
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            fan_in = m.in_features
+        elif isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        elif isinstance(m, nn.ConvTranspose2d):  # each output sums k*k/stride^2 taps per input channel
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1] // (m.stride[0] * m.stride[1])
+        else:
+            continue
+        nn.init.normal_(m.weight, 0.0, gain / math.sqrt(fan_in))
+        nn.init.zeros_(m.bias)
 
 
 def scaled(size: int, width: float) -> int:
@@ -62,6 +83,11 @@ class Encoder(nn.Module):
         self.features = nn.Sequential(*layers)  # (B, 1024w, 2, 2)
         self.mean_head = _conv(c_in, latent_dim(config))  # (B, 2048w, 1, 1)
         self.logvar_head = _conv(c_in, latent_dim(config))
+        init_weights(self, config.leaky_slope)
+        # Start close to deterministic (std e^-3 ~ 0.05 everywhere): unit-variance noise at the
+        # start drowns the mean, and G then learns only the average image.
+        nn.init.zeros_(self.logvar_head.weight)
+        nn.init.constant_(self.logvar_head.bias, INITIAL_LOGVAR)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.features(x)
@@ -83,6 +109,7 @@ class Generator(nn.Module):
             c_in = c_out
         layers += [_deconv(c_in, config.channels), nn.Sigmoid()]
         self.net = nn.Sequential(*layers)
+        init_weights(self, config.leaky_slope)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z.view(z.shape[0], -1, 1, 1))
@@ -104,6 +131,7 @@ class PerturbationDiscriminator(nn.Module):
         super().__init__()
         hidden = [scaled(h, config.width) for h in DP_HIDDEN]
         self.net = _mlp([latent_dim(config), *hidden, num_domains], config.leaky_slope)
+        init_weights(self, config.leaky_slope)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
@@ -124,6 +152,7 @@ class ImageDiscriminator(nn.Module):
         hidden = scaled(DI_HIDDEN, config.width)
         self.features = nn.Sequential(*layers)  # (B, 256w, 2, 2)
         self.head = _mlp([c_in * spatial * spatial, hidden, 1], config.leaky_slope)
+        init_weights(self, config.leaky_slope)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).flatten(1)).squeeze(1)
@@ -136,6 +165,7 @@ class LatentClassifier(nn.Module):
         super().__init__()
         hidden = scaled(CLASSIFIER_HIDDEN, config.width)
         self.net = _mlp([latent_dim(config), hidden, config.num_classes], config.leaky_slope)
+        init_weights(self, config.leaky_slope)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
