@@ -50,7 +50,6 @@ def autoattack(
         for sub_attack in (adversary.apgd, adversary.apgd_targeted, adversary.fab):
             sub_attack.n_iter = n_iter
             sub_attack.n_restarts = 1
-        adversary.fab.n_target_classes = adversary.apgd_targeted.n_target_classes = 9
         adversary.square.n_queries = n_queries
     x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     return x_adv.detach(), {}

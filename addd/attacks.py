@@ -37,7 +37,6 @@ ATTACK_NAMES: tuple[str, ...] = (
     "PGDu", "PGDt", "CWu", "CWt", "DDNu", "DDNt", "LSu", "BAu", "STu", "STt", "AA_Linf", "AA_L2",
 )
 ADAPTIVE_ATTACK_NAMES: tuple[str, ...] = ("BPDA", "AA_Linf", "AA_L2")
-DATASETS: tuple[str, ...] = ("mnist", "fashion_mnist", "cifar10", "svhn", "digits")
 DEFAULT_TARGET_CLASS = 3  # paper C.2: "the goal of the targeted attack is to have all examples classified into class 3"
 
 
@@ -143,7 +142,7 @@ DATASET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # Our choice throughout: sklearn 8x8 digits upscaled to 32x32 (smooth, low-detail images).
     # MNIST-like values, except the slow attacks are cut so the whole suite on ~300 test
-    # images runs in a few minutes on one CPU: BA 5000 -> 500 steps, ST 5000 x 20 -> 100 x 2,
+    # images runs in a few minutes on one CPU: BA 5000 -> 500 steps, ST 5000 x 20 -> 20 x 1,
     # LS 10 -> 5 rounds, C&W 9 x 300 -> 5 x 50 (5 searches still take the constant 1e-3 -> 10).
     "digits": {
         "PGD": {"eps": 0.15, "nb_iter": 40},
@@ -151,12 +150,14 @@ DATASET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "DDN": {"nb_iter": 100, "gamma": 0.05},
         "LS": {"p": 10.0, "r": 1.5, "t": 300, "round_ub": 5},
         "BA": {"steps": 500},
-        "ST": {"max_iterations": 100, "search_steps": 2},
+        "ST": {"max_iterations": 20, "search_steps": 1},
         "AA_Linf": {"eps": 0.15},
         "AA_L2": {"eps": 2.0},
     },
 }
 
+
+DATASETS: tuple[str, ...] = tuple(DATASET_PARAMS)
 
 # --------------------------------------------------------------------------------------------
 # Registry
@@ -177,54 +178,65 @@ class AttackSpec:
     norm: str | None = None  # "Linf" / "L2" when x_adv stays within params["eps"] of x
 
 
-def _run_advertorch(family: str, targeted: bool, keys: tuple[str, ...]) -> Runner:
+# advertorch constructor arguments taken from the parameter table, per family
+_ADVERTORCH_KEYS: dict[str, tuple[str, ...]] = {
+    "PGD": ("eps", "nb_iter", "eps_iter", "rand_init"),
+    "CW": ("binary_search_steps", "max_iterations", "learning_rate", "confidence", "initial_const",
+           "abort_early", "num_classes"),
+    "DDN": ("nb_iter", "gamma", "init_norm", "quantize"),
+    "LS": ("p", "r", "t", "d", "k", "round_ub", "seed_ratio", "max_nb_seeds"),
+    "ST": ("max_iterations", "search_steps", "initial_const", "confidence", "abort_early", "num_classes"),
+}
+# parameters multiplied by budget, per family
+_SCALED: dict[str, tuple[str, ...]] = {
+    "PGD": ("nb_iter",),
+    "CW": ("binary_search_steps", "max_iterations"),
+    "DDN": ("nb_iter",),
+    "LS": ("round_ub",),
+    "ST": ("max_iterations", "search_steps"),
+    "BA": ("steps",),
+    "AA": ("n_iter", "n_queries"),
+}
+_BOUNDARY_KEYS = ("steps", "init_steps", "init_directions", "spherical_step", "source_step",
+                  "source_step_convergance", "step_adaptation")
+_AUTOATTACK_KEYS = ("eps", "version", "attacks", "n_iter", "n_queries", "seed", "batch_size")
+
+
+def _advertorch_attack(family: str, targeted: bool, norm: str | None = None) -> AttackSpec:
     def run(model, x, y, params):
-        kwargs = {key: params[key] for key in keys}
-        if family in ("CW", "ST"):
-            kwargs["num_classes"] = params["num_classes"]
-        if family == "PGD":
-            kwargs["eps_iter"] = params["eps_iter"]
+        kwargs = {key: params[key] for key in _ADVERTORCH_KEYS[family]}
         return _advertorch.perturb(family, model, x, y, targeted=targeted, **kwargs)
 
-    return run
+    return AttackSpec(family, _advertorch.LIBRARY, targeted, _SCALED[family], run, norm)
 
 
-def _run_boundary(model, x, y, params):
-    keys = ("steps", "init_steps", "init_directions", "spherical_step", "source_step",
-            "source_step_convergance", "step_adaptation")
-    return _foolbox.boundary_attack(model, x, y, **{key: params[key] for key in keys})
+def _boundary_attack(model, x, y, params):
+    return _foolbox.boundary_attack(model, x, y, **{key: params[key] for key in _BOUNDARY_KEYS})
 
 
-def _run_autoattack(norm: str) -> Runner:
+def _autoattack_attack(norm: str) -> AttackSpec:
     def run(model, x, y, params):
-        keys = ("eps", "version", "attacks", "n_iter", "n_queries", "seed", "batch_size")
-        return _autoattack.autoattack(model, x, y, norm=norm, **{key: params[key] for key in keys})
+        kwargs = {key: params[key] for key in _AUTOATTACK_KEYS}
+        return _autoattack.autoattack(model, x, y, norm=norm, **kwargs)
 
-    return run
+    return AttackSpec(f"AA_{norm}", _autoattack.LIBRARY, False, _SCALED["AA"], run, norm)
 
 
-_PGD_KEYS = ("eps", "nb_iter", "rand_init")
-_CW_KEYS = ("binary_search_steps", "max_iterations", "learning_rate", "confidence", "initial_const", "abort_early")
-_DDN_KEYS = ("nb_iter", "gamma", "init_norm", "quantize")
-_LS_KEYS = ("p", "r", "t", "d", "k", "round_ub", "seed_ratio", "max_nb_seeds")
-_ST_KEYS = ("max_iterations", "search_steps", "initial_const", "confidence", "abort_early")
-
-_AA = _autoattack.LIBRARY
 ATTACKS: dict[str, AttackSpec] = {
-    "PGDu": AttackSpec("PGD", _advertorch.LIBRARY, False, ("nb_iter",), _run_advertorch("PGD", False, _PGD_KEYS), "Linf"),
-    "PGDt": AttackSpec("PGD", _advertorch.LIBRARY, True, ("nb_iter",), _run_advertorch("PGD", True, _PGD_KEYS), "Linf"),
-    "CWu": AttackSpec("CW", _advertorch.LIBRARY, False, ("binary_search_steps", "max_iterations"), _run_advertorch("CW", False, _CW_KEYS)),
-    "CWt": AttackSpec("CW", _advertorch.LIBRARY, True, ("binary_search_steps", "max_iterations"), _run_advertorch("CW", True, _CW_KEYS)),
-    "DDNu": AttackSpec("DDN", _advertorch.LIBRARY, False, ("nb_iter",), _run_advertorch("DDN", False, _DDN_KEYS)),
-    "DDNt": AttackSpec("DDN", _advertorch.LIBRARY, True, ("nb_iter",), _run_advertorch("DDN", True, _DDN_KEYS)),
-    "LSu": AttackSpec("LS", _advertorch.LIBRARY, False, ("round_ub",), _run_advertorch("LS", False, _LS_KEYS)),
-    "BAu": AttackSpec("BA", _foolbox.LIBRARY, False, ("steps",), _run_boundary),
-    "STu": AttackSpec("ST", _advertorch.LIBRARY, False, ("max_iterations", "search_steps"), _run_advertorch("ST", False, _ST_KEYS)),
-    "STt": AttackSpec("ST", _advertorch.LIBRARY, True, ("max_iterations", "search_steps"), _run_advertorch("ST", True, _ST_KEYS)),
-    "AA_Linf": AttackSpec("AA_Linf", _AA, False, ("n_iter", "n_queries"), _run_autoattack("Linf"), "Linf"),
-    "AA_L2": AttackSpec("AA_L2", _AA, False, ("n_iter", "n_queries"), _run_autoattack("L2"), "L2"),
+    "PGDu": _advertorch_attack("PGD", targeted=False, norm="Linf"),
+    "PGDt": _advertorch_attack("PGD", targeted=True, norm="Linf"),
+    "CWu": _advertorch_attack("CW", targeted=False),
+    "CWt": _advertorch_attack("CW", targeted=True),
+    "DDNu": _advertorch_attack("DDN", targeted=False),
+    "DDNt": _advertorch_attack("DDN", targeted=True),
+    "LSu": _advertorch_attack("LS", targeted=False),
+    "BAu": AttackSpec("BA", _foolbox.LIBRARY, False, _SCALED["BA"], _boundary_attack),
+    "STu": _advertorch_attack("ST", targeted=False),
+    "STt": _advertorch_attack("ST", targeted=True),
+    "AA_Linf": _autoattack_attack("Linf"),
+    "AA_L2": _autoattack_attack("L2"),
     # adaptive only: PGDu's parameters on model(BPDA(defense.restore)(x)); see run_adaptive_attack
-    "BPDA": AttackSpec("PGD", _advertorch.LIBRARY, False, ("nb_iter",), _run_advertorch("PGD", False, _PGD_KEYS), "Linf"),
+    "BPDA": _advertorch_attack("PGD", targeted=False, norm="Linf"),
 }
 assert set(ATTACKS) == set(ATTACK_NAMES) | set(ADAPTIVE_ATTACK_NAMES)
 

@@ -35,8 +35,8 @@ SETTINGS: dict[str, dict] = {
     # a few hundred pixels, reset every round); a linear model shows it working.
     "LSu": {"budget": 0.4, "model": "linear"},
     "BAu": {"budget": 0.02},
-    "STu": {"budget": 0.05},
-    "STt": {"budget": 0.1},
+    "STu": {"budget": 0.5},
+    "STt": {"budget": 1.0},
     "AA_Linf": {"budget": 0.05},
     "AA_L2": {"budget": 0.05},
 }
