@@ -15,7 +15,7 @@ import pandas as pd
 DEFENDED = "acc.defended."
 
 
-def test_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+def accuracy_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     """Long table of test figures: variant, attack, mean, std, n_seeds (defended accuracies),
     plus the rows clean, reconstruction, worst.unknown, worst.holdout, worst.unknown_per_sample."""
     rows = []
@@ -63,7 +63,7 @@ def build_report(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:
     from ablations.plots import ablation_bars, plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tests, searches = test_table(summary), search_table(summary)
+    tests, searches = accuracy_table(summary), search_table(summary)
     wide = tests.assign(cell=[f"{m:.3f} ± {s:.3f}" for m, s in zip(tests["mean"], tests["std"])]).pivot(
         index="attack", columns="variant", values="cell"
     ).reindex(index=list(dict.fromkeys(tests["attack"])), columns=list(summary["variants"]))

@@ -164,6 +164,8 @@ def _log_progress(attack: str, done: int, total: int) -> None:  # runs in Ray ta
 def prepare(plan: Plan, events_path: Path | None):
     """Load data, get the target model, build every adversarial set through the cache (in
     parallel Ray tasks). Returns (TrialContext, dataset, target model)."""
+    import torch
+
     from addd.advcache import AdvCache, AdvRequest
     from addd.data import load_dataset
     from addd.target_models import get_target_model
@@ -172,8 +174,6 @@ def prepare(plan: Plan, events_path: Path | None):
 
     s = plan.space
     dataset = load_dataset(s.dataset, plan.data_root, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, seed=0)
-    import torch
-
     target = get_target_model(dataset, arch=s.target_arch, cache_dir=plan.cache_dir,
                               device="cuda" if torch.cuda.is_available() else "cpu")
     target.model.cpu()  # trials and attack tasks move it to their own device
@@ -231,7 +231,7 @@ class Recorder:
 
     def result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         metrics = {k: v for k, v in result.items() if k.startswith(self._LOGGED_PREFIXES) or k in self._LOGGED_KEYS}
-        self.tracker.log_metrics(self._run(trial_id, config), metrics, step=int(result.get("training_iteration", 0)))
+        self.tracker.log_metrics(self._run(trial_id, config), metrics, step=int(result["epoch"]))
 
     def completed(self, trial_id: str, config: dict[str, Any], result: dict[str, Any], checkpoint) -> None:
         run_id = self._run(trial_id, config)
