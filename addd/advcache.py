@@ -3,7 +3,9 @@
 Attacks against the target model alone do not depend on the defense, so each set is generated
 once per (dataset, split, data sha256, target-model weights sha256, attack, attack parameters,
 seed, chunk size, attack-library versions) and read back by every trial, on one machine or many
-(the root can be shared storage).
+(the root can be shared storage). A subset of a split is other data, hence another key; the
+attack parameters are those of ``addd.attacks.attack_params`` after ``budget``, so two budgets
+that give the same parameters share an entry.
 
 Layout under ``root``::
 

@@ -322,6 +322,7 @@ def test_get_many_maps_and_reports_progress(tmp_path):
         cache.get_many([make_request(), make_request(seed=1)])
 
 
+@pytest.mark.slow
 def test_storing_preserves_the_real_cw_attack(tmp_path):
     from addd.attacks import attack_params, run_attack
 
