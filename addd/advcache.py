@@ -17,7 +17,8 @@ Layout under ``root``::
 An entry is written in a temporary folder and renamed into place, so readers see all or
 nothing. Every read checks the manifest (its own checksum, format, key) and the sha256 of every
 tensor it returns (copied out of the file first); a corrupt, truncated or mismatched entry is
-logged as a warning naming it, and rebuilt. Tensors are stored bit-exact (no rounding, no uint8): storing never changes an attack.
+logged as a warning naming it, and rebuilt. Tensors are stored bit-exact (no rounding, no
+uint8): storing never changes an attack.
 
 Usage::
 
@@ -335,7 +336,9 @@ class AdvCache:
     ) -> None:
         """Run the attack in chunks, measure it, and write the entry atomically."""
         name, n = request.attack, len(request.x)
-        logger.info("advcache: generating %s on %s/%s (%d examples) -> %s", name, request.dataset, request.split, n, entry)
+        logger.info(
+            "advcache: generating %s on %s/%s (%d examples) -> %s", name, request.dataset, request.split, n, entry
+        )
         run_attack = self._run_attack()
         started = time.perf_counter()
         chunks, targets, run_params = [], [], None

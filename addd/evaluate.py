@@ -184,7 +184,9 @@ def evaluate(
         )
     missing = sorted(set(holdout) - set(adv_sets))
     if missing:
-        raise EvaluationError(f"holdout attacks {missing} have no adversarial set; generate them or fix the holdout list")
+        raise EvaluationError(
+            f"holdout attacks {missing} have no adversarial set; generate them or fix the holdout list"
+        )
     y = y.cpu()
     with _eval_mode(defense):
         restore = defense.restore
@@ -280,7 +282,8 @@ def evaluate_adaptive(
                 name, model, defense, x, y, dataset=dataset, budget=budget, seed=seed, device=device
             )
             target = None if result.target is None else torch.as_tensor(result.target, dtype=torch.int64).expand_as(y)
-            adaptive = _accuracy(predict(model, result.x_adv, transform=defense.restore, batch_size=batch_size), y, target)
+            pred = predict(model, result.x_adv, transform=defense.restore, batch_size=batch_size)
+            adaptive = _accuracy(pred, y, target)
             eps = result.params.get("eps")
             counterpart = ADAPTIVE_COUNTERPART[name]
             oblivious = float("nan")
@@ -296,7 +299,8 @@ def evaluate_adaptive(
                 oblivious = _accuracy(pred, y, None if adv.target is None else adv.target.cpu())
             else:
                 logger.warning("evaluate_adaptive: no oblivious %s set given; its column is NaN", counterpart)
-            rows.append(AdaptiveRow(name, counterpart, None if eps is None else float(eps), oblivious, adaptive, len(y)))
+            eps = None if eps is None else float(eps)
+            rows.append(AdaptiveRow(name, counterpart, eps, oblivious, adaptive, len(y)))
     return AdaptiveReport(tuple(rows))
 
 

@@ -62,7 +62,9 @@ def tiny_data(n: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def make_cache(root: Path, count_file: Path | None = None, delay: float = 0.0, chunk_size: int = 8) -> AdvCache:
     attack = functools.partial(noise_attack, count_file=count_file, delay=delay)
-    return AdvCache(root, run_attack=attack, attack_params=fake_params, library_versions=fake_versions, chunk_size=chunk_size)
+    return AdvCache(
+        root, run_attack=attack, attack_params=fake_params, library_versions=fake_versions, chunk_size=chunk_size
+    )
 
 
 def make_request(attack: str = "PGDu", **changes) -> AdvRequest:
@@ -354,3 +356,29 @@ def test_storing_preserves_the_real_cw_attack(tmp_path):
     assert torch.equal(adv.x_adv, x_generated)
     assert adv.manifest.run_params["library"] == "advertorch"
     assert adv.manifest.params == attack_params("CWu", "digits", budget=0.6)
+
+
+def log_progress(attack: str, done: int, total: int) -> None:  # module level: picklable
+    logging.getLogger("test_advcache").info("%s %d/%d", attack, done, total)
+
+
+@pytest.mark.slow
+def test_get_many_through_a_process_pool_map(tmp_path):
+    """What a Ray map does: the cache, requests and progress are pickled into other processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    count = tmp_path / "runs.txt"
+    cache = make_cache(tmp_path / "c", count)
+    context = multiprocessing.get_context("spawn")
+
+    def process_map(fn, items):
+        with ProcessPoolExecutor(2, mp_context=context) as pool:
+            return list(pool.map(fn, items))
+
+    requests = [make_request(a) for a in ("PGDu", "DDNt")]
+    remote = cache.get_many(requests, map_fn=process_map, progress=log_progress)
+    assert runs(count) == 6
+    local = cache.get_many(requests)  # hits, written by the other processes
+    assert runs(count) == 6
+    assert all(torch.equal(remote[a].x_adv, local[a].x_adv) for a in ("PGDu", "DDNt"))
+    assert torch.equal(remote["DDNt"].target, torch.full((20,), 3))

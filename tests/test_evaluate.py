@@ -59,7 +59,8 @@ def constructed_sets() -> dict[str, AdvSet]:
 def run_constructed(**kwargs):
     defense = SwapDefense().train()
     report = evaluate(
-        defense, nn.Flatten(), images(Y.tolist()), Y, constructed_sets(), known_attacks=("PGDt",), batch_size=3, **kwargs
+        defense, nn.Flatten(), images(Y.tolist()), Y, constructed_sets(), known_attacks=("PGDt",), batch_size=3,
+        **kwargs,
     )
     return report, defense
 
@@ -218,3 +219,25 @@ def test_predict_batches_and_restores_model_mode():
     x = images([0, 1, 2, 3, 1])
     assert torch.equal(predict(model, x, batch_size=2), torch.tensor([0, 1, 2, 3, 1]))  # dropout off
     assert model.training
+
+
+def test_evaluate_a_real_add_defense_on_cached_sets(tmp_path):
+    from addd.config import DefenseConfig, NetworkConfig
+    from addd.defense import ADDDefense
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(10, 1, 32, 32, generator=generator), torch.randint(0, 10, (10,), generator=generator)
+    model = tiny_classifier()
+    cache = AdvCache(tmp_path)
+    sets = cache.get_many([AdvRequest("digits", "test", x, y, model, a, budget=0.1) for a in ("PGDu", "PGDt", "DDNu")])
+    defense = ADDDefense(DefenseConfig(network=NetworkConfig(width=0.125, channels=1))).train()
+    report = evaluate(defense, model, x, y, sets, known_attacks=("PGDu", "PGDt"), holdout=("DDNu",))
+    assert defense.training  # mode restored
+    with torch.no_grad():
+        restored_pred = model(defense.eval().restore(sets["DDNu"].x_adv)).argmax(1)
+        undefended_pred = model(sets["PGDt"].x_adv).argmax(1)
+    assert report.to_metrics()["acc.defended.DDNu"] == pytest.approx((restored_pred == y).float().mean().item())
+    assert report.worst_unknown == report.worst_holdout == report.to_metrics()["acc.defended.DDNu"]
+    correct = undefended_pred == y
+    num_r = int((correct & (y == 3)).sum())
+    assert report.to_metrics()["acc.undefended.PGDt"] == pytest.approx((int(correct.sum()) - num_r) / (10 - num_r))
