@@ -12,7 +12,6 @@ or ``./.addd_cache``; a file lock makes concurrent processes train once while th
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
@@ -28,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from addd.data import Dataset, Split
-from addd.storage import StorageError, load_tensors, save_tensors, stable_hash
+from addd.storage import StorageError, load_tensors, save_tensors, sha256_state_dict, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -430,17 +429,8 @@ def train_target_model(
 
 
 def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 of a state dict: ``addd.storage.sha256_state_dict``'s recipe, which also covers
-    0-d tensors (batch norm's ``num_batches_tracked``); ``storage.sha256_tensor`` cannot view
-    those as bytes yet. Same result as ``sha256_state_dict`` wherever that one works."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        tensor_digest = hashlib.sha256(f"{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        tensor_digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-        digest.update(name.encode())
-        digest.update(tensor_digest.hexdigest().encode())
-    return digest.hexdigest()
+    """SHA-256 of a state dict; the same hash the adversarial-example cache keys on."""
+    return sha256_state_dict(state)
 
 
 @dataclass(frozen=True)
