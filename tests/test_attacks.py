@@ -16,7 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from addd import attacks
-from addd.attacks import ATTACK_NAMES, AttackError, AttackResult, attack_params, is_targeted, run_adaptive_attack, run_attack
+from addd.attacks import (
+    ATTACK_NAMES, AttackError, AttackResult, attack_params, is_targeted, run_adaptive_attack, run_attack,
+)
 from addd.data import load_dataset
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the attack libraries' chatter
@@ -131,6 +133,8 @@ def results(digits, models):
             model = models[setting.get("model", "cnn")]
             x, y = _correct_examples(digits, model, setting.get("n", N_EXAMPLES))
             x_before, y_before = x.clone(), y.clone()
+            torch.manual_seed(12345)  # a caller state unlike test_same_seed_same_output's
+            np.random.seed(12345)
             result = run_attack(name, model, x, y, dataset=DATASET, budget=setting["budget"], seed=0)
             cache[name] = Run(model, x, y, x_before, y_before, result)
         return cache[name]
@@ -187,6 +191,7 @@ def test_targeted_attack_moves_predictions_to_target(name, results):
     run = results(name)
     model, x, result = run.model, run.x, run.result
     assert result.target == attacks.DEFAULT_TARGET_CLASS == result.params["target_class"]
+    assert (run.y == result.target).any()  # examples already of the target class are passed in too
     before = (_predict(model, x) == result.target).float().mean()
     after = (_predict(model, result.x_adv) == result.target).float().mean()
     assert after >= before + 0.25, f"{name}: {before:.2f} -> {after:.2f} predicted as target"
@@ -221,6 +226,8 @@ def _run_only(params):
 def test_same_seed_same_output(name, results):
     run = results(name)
     first = run.result
+    torch.manual_seed(999)  # the caller's random state must not matter, only `seed`
+    np.random.seed(999)
     again = run_attack(name, run.model, run.x, run.y, dataset=DATASET, budget=SETTINGS[name]["budget"], seed=0)
     assert torch.equal(first.x_adv, again.x_adv)
 
@@ -249,7 +256,8 @@ def test_model_gradients_untouched(model, examples):
 
 def test_overrides_target_class_and_eps(model, examples):
     x, y = examples
-    result = run_attack("PGDt", model, x, y, dataset=DATASET, budget=0.25, overrides={"target_class": 7, "eps": 0.05})
+    overrides = {"target_class": 7, "eps": 0.05}
+    result = run_attack("PGDt", model, x, y, dataset=DATASET, budget=0.25, overrides=overrides)
     assert result.target == 7 and result.params["eps"] == 0.05
     assert float((result.x_adv - x).abs().max()) <= 0.05 + 1e-6
     assert (_predict(model, result.x_adv) == 7).float().mean() > (_predict(model, x) == 7).float().mean()
