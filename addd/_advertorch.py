@@ -85,4 +85,4 @@ def perturb(
 def bpda_identity(forward: Callable[[torch.Tensor], torch.Tensor]) -> nn.Module:
     """advertorch's BPDAWrapper: ``forward`` in the forward pass, identity in the backward pass."""
     advertorch = _import()
-    return advertorch.bpda.BPDAWrapper(forward)
+    return advertorch.bpda.BPDAWrapper(forward).eval()  # stateless; eval so mode checks see the caller's

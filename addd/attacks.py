@@ -347,6 +347,7 @@ class _Pipeline(nn.Module):
     def __init__(self, restore: Callable[[torch.Tensor], torch.Tensor], model: nn.Module):
         super().__init__()
         self.restore, self.model = restore, model
+        self.training = False  # only this wrapper: model and defense keep the mode they came in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.restore(x))
@@ -375,6 +376,7 @@ def run_adaptive_attack(
     is_module = isinstance(defense, nn.Module)
     if is_module:
         defense.to(device)
+        _warn_if_training(defense)
     restore = _advertorch.bpda_identity(defense.restore) if name == "BPDA" else defense.restore
     pipeline = _Pipeline(restore, model)
     with _frozen(defense) if is_module else contextlib.nullcontext():
@@ -388,8 +390,7 @@ def _run(name, model, x, y, *, dataset, budget, seed, device, overrides) -> Atta
     _check_inputs(x, y)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise AttackError(f"seed must be an int, got {seed!r}")
-    if model.training:
-        logger.warning("attacking a model in training mode; call model.eval() for reproducible attacks")
+    _warn_if_training(model)
     device = torch.device(device)
     model.to(device)
     x_in, y_in = x.detach().to(device).clone(), y.detach().to(device).clone()
@@ -414,6 +415,11 @@ def _run(name, model, x, y, *, dataset, budget, seed, device, overrides) -> Atta
     params.update(counts)
     logger.info("%s on %d examples: %.1f s", name, len(x), time.perf_counter() - start)
     return AttackResult(x_adv=x_adv, target=target, params=params)
+
+
+def _warn_if_training(module: nn.Module) -> None:
+    if any(m.training for m in module.modules()):
+        logger.warning("attacking a module in training mode; call .eval() on model and defense first")
 
 
 def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
