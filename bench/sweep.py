@@ -5,9 +5,9 @@ evaluations (the ``compute_seconds`` of every epoch in the sweep's ``events.json
 else (Ray start, actor start, object-store transfers, checkpoints, Optuna, MLflow logging, idle
 slots at the end) is overhead. Goal: <= 1.15 for the trial phase on a 2-core machine.
 
-    python bench/sweep.py                                   # digits_ablation, 3 trials/variant, 1 seed
-    python bench/sweep.py --space digits_ablation --num-samples 6 --seeds 2
-    python bench/sweep.py --smoke                           # tiny trials: overhead-dominated
+    python bench/sweep.py                      # the README's digits_ablation sweep, full size (~9 min)
+    python bench/sweep.py --num-samples 3 --seeds 1   # a smaller sweep: fixed costs weigh more
+    python bench/sweep.py --smoke              # tiny trials: overhead-dominated
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--space", default="digits_ablation")
     p.add_argument("--smoke", action="store_true")
-    p.add_argument("--num-samples", type=int, default=3)
-    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--num-samples", type=int, help="trials per variant (default: the space's)")
+    p.add_argument("--seeds", type=int, help="seed re-runs per variant (default: the space's)")
     p.add_argument("--cache-dir", type=Path, help="reuse target models / adversarial sets (default: a fresh temp folder)")
     p.add_argument("--keep", type=Path, help="keep the run folder here")
     args = p.parse_args()
@@ -36,8 +36,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = args.keep or Path(tmp) / "run"
         cmd = [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", args.space, "--run-dir", str(run_dir),
-               "--cache-dir", str(args.cache_dir or Path(tmp) / "cache"), "--num-samples", str(args.num_samples),
-               "--seeds", str(args.seeds)] + (["--smoke"] if args.smoke else [])
+               "--cache-dir", str(args.cache_dir or Path(tmp) / "cache")]
+        cmd += ["--num-samples", str(args.num_samples)] if args.num_samples else []
+        cmd += ["--seeds", str(args.seeds)] if args.seeds else []
+        cmd += ["--smoke"] if args.smoke else []
         start = time.perf_counter()
         out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
         process_wall = time.perf_counter() - start

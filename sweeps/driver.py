@@ -51,6 +51,7 @@ class Plan:
     seed: int = 0
     resume: bool = False
     num_cpus: int | None = None  # local Ray only
+    download: bool = False  # fetch a missing dataset (torchvision's downloaders)
 
     @property
     def optuna_url(self) -> str:
@@ -161,19 +162,26 @@ def _log_progress(attack: str, done: int, total: int) -> None:  # runs in Ray ta
     logging.getLogger("sweeps.attacks").info("%s: %d/%d examples", attack, done, total)
 
 
-def prepare(plan: Plan, events_path: Path | None):
-    """Load data, get the target model, build every adversarial set through the cache (in
-    parallel Ray tasks). Returns (TrialContext, dataset, target model)."""
+def load_data(plan: Plan):
+    """The space's dataset with its splits (first thing a sweep does: a wrong --data-root fails fast)."""
+    from addd.data import load_dataset
+
+    s = plan.space
+    return load_dataset(s.dataset, plan.data_root, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, seed=0,
+                        download=plan.download)
+
+
+def prepare(plan: Plan, dataset, events_path: Path | None):
+    """Get the target model and build every adversarial set through the cache (in parallel Ray
+    tasks). Returns (TrialContext, target model)."""
     import torch
 
     from addd.advcache import AdvCache, AdvRequest
-    from addd.data import load_dataset
     from addd.target_models import get_target_model
     from sweeps import _ray
     from sweeps.trial import SplitSets, TrialContext
 
     s = plan.space
-    dataset = load_dataset(s.dataset, plan.data_root, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, seed=0)
     target = get_target_model(dataset, arch=s.target_arch, cache_dir=plan.cache_dir,
                               device="cuda" if torch.cuda.is_available() else "cpu")
     target.model.cpu()  # trials and attack tasks move it to their own device
@@ -200,7 +208,7 @@ def prepare(plan: Plan, events_path: Path | None):
         threads=max(1, int(plan.cpus_per_trial)),
         events_path=str(events_path) if events_path else None,
     )
-    return ctx, dataset, target
+    return ctx, target
 
 
 # ----------------------------------------------------------------------------- MLflow recorder
@@ -327,11 +335,12 @@ def run_sweep(plan: Plan) -> Path:
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    dataset = load_data(plan)
     state = SweepState.open(plan)
     resources = _ray.init(plan.address, plan.num_cpus)
     slots = _slots(plan, resources)
     local = plan.address is None
-    ctx, dataset, target = prepare(plan, plan.run_dir / EVENTS_FILE if local else None)
+    ctx, target = prepare(plan, dataset, plan.run_dir / EVENTS_FILE if local else None)
     timings["prepare"] = time.perf_counter() - t0
 
     tracker = _mlflow.Tracker(plan.tracking_uri, f"addd-{plan.space.name}", plan.artifact_location)
