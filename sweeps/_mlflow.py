@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -62,9 +63,6 @@ class Tracker:
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
-    def children(self, parent_id: str) -> list[Any]:
-        return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'", max_results=10000)
-
     def finish(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 
@@ -78,8 +76,6 @@ class Tracker:
             self.client.log_batch(run_id, params=new[begin : begin + 100])
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -91,18 +87,11 @@ class Tracker:
         for begin in range(0, len(batch), 500):
             self.client.log_batch(run_id, metrics=batch[begin : begin + 500])
 
-    def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
-
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), artifact_path)
 
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
         self.client.log_figure(run_id, figure, name)
-
-    def download(self, run_id: str, path: str, dest: Path) -> Path:
-        return Path(self.client.download_artifacts(run_id, path, str(dest)))
 
 
 def _metric_name(key: str) -> str:

@@ -79,14 +79,6 @@ def make_searcher(
     )
 
 
-def study_trials(url: str, study_name: str) -> list[dict[str, Any]]:
-    """Every trial of a stored study: number, state, value, params."""
-    import optuna
-
-    study = optuna.load_study(study_name=study_name, storage=url)
-    return [{"number": t.number, "state": t.state.name, "value": t.value, "params": t.params} for t in study.trials]
-
-
 def save_study_plots(url: str, study_name: str, out_dir: Path) -> list[Path]:
     """Optimisation history and parameter importances as PNGs (importances need >= 2 finished trials)."""
     import matplotlib

@@ -61,11 +61,6 @@ def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
     return ray.cluster_resources()
 
 
-def shutdown() -> None:
-    if ray.is_initialized():
-        ray.shutdown()
-
-
 def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], *, label: str, num_cpus: float = 1, num_gpus: float = 0) -> list[Any]:
     """``[fn(item) for item in items]`` as Ray tasks, logging progress as each one finishes."""
     if not items:

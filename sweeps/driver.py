@@ -329,10 +329,13 @@ def _slots(plan: Plan, resources: Mapping[str, float]) -> int:
 
 def run_sweep(plan: Plan) -> Path:
     """Run (or resume) the sweep of ``plan``; returns the path of its ``summary.json``."""
+    from ablations.report import build_report
+    from addd.storage import atomic_write_bytes
     from sweeps import _mlflow, _optuna, _ray
     from sweeps.summary import SUMMARY_FILE, build_summary
     from sweeps.trial import DEFENSE_FILE, train_defense
 
+    code_version = _code_version()
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dataset = load_data(plan)
@@ -348,7 +351,7 @@ def run_sweep(plan: Plan) -> Path:
         header_tags = {
             "space": plan.space.name,
             "smoke": str(plan.smoke),
-            "code_version": _code_version(),
+            "code_version": code_version,
             "data_fingerprint": dataset.fingerprint(),
             "target_model_sha256": target.weights_sha256,
         }
@@ -385,7 +388,7 @@ def run_sweep(plan: Plan) -> Path:
         "attack_budget": plan.space.attack_budget,
         "eval_attacks": list(plan.space.eval_attacks),
         "holdout_attacks": list(plan.space.holdout_attacks),
-        "code_version": _code_version(),
+        "code_version": code_version,
         "mlflow_parent_run_id": parent,
     }
     best_artifact = f"{BEST_DIR}/{DEFENSE_FILE}"
@@ -397,11 +400,9 @@ def run_sweep(plan: Plan) -> Path:
         best.checkpoint.copy_to(best_dir)
         tracker.log_artifact(parent, best_dir / DEFENSE_FILE, BEST_DIR)
     summary_path = plan.run_dir / SUMMARY_FILE
-    summary_path.write_text(json.dumps(summary, indent=1))
+    atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
     tracker.log_artifact(parent, summary_path)
     _log_parent_metrics(tracker, parent, summary)
-
-    from ablations.report import build_report
 
     report_dir = plan.run_dir / "report"
     for path in build_report(summary, report_dir):
