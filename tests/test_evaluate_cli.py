@@ -1,0 +1,44 @@
+"""`python -m ablations.evaluate`: a saved defense against the suite, oblivious and adaptive."""
+
+import json
+
+import pytest
+import torch
+
+from ablations import evaluate as cli
+from addd.config import DefenseConfig, NetworkConfig, TrainConfig
+from addd.defense import ADDDefense
+
+
+def test_rejects_missing_checkpoint_and_unknown_attack(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["--defense", str(tmp_path / "nope.safetensors")])
+    assert info.value.code == 2 and "no defense checkpoint" in capsys.readouterr().err
+    path = tmp_path / "d.safetensors"
+    ADDDefense(DefenseConfig(network=NetworkConfig(width=0.03125, channels=1))).save(path)
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--defense", str(path), "--attacks", "FGSM"])
+    assert "valid: PGDu" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluates_a_saved_defense_on_digits(tmp_path):
+    torch.manual_seed(0)
+    config = DefenseConfig(network=NetworkConfig(width=0.03125, channels=1), train=TrainConfig(epochs=1))
+    path = ADDDefense(config).save(tmp_path / "d.safetensors")
+    out = tmp_path / "out"
+    code = cli.main([
+        "--defense", str(path), "--n-train", "300", "--n-test", "40", "--attacks", "PGDu", "PGDt", "CWu",
+        "--holdout", "CWu", "--adaptive", "BPDA", "--budget", "0.1", "--cache-dir", str(tmp_path / "cache"),
+        "--out", str(out),
+    ])
+    assert code == 0
+    result = json.loads((out / "evaluation.json").read_text())
+    metrics = result["oblivious"]
+    assert set(result["attack_params"]) == {"PGDu", "PGDt", "CWu"}
+    assert result["attack_params"]["PGDu"]["nb_iter"] == 4  # budget 0.1 of 40, recorded
+    assert metrics["worst.unknown"] == pytest.approx(metrics["acc.defended.CWu"])  # the only unknown attack
+    assert metrics["worst.holdout"] == pytest.approx(metrics["acc.defended.CWu"])
+    assert metrics["acc.undefended.PGDu"] < metrics["acc.clean"]
+    assert "acc.adaptive.BPDA" in result["adaptive"]
+    assert (out / "oblivious.csv").read_text().startswith("attack,targeted,known")
