@@ -5,12 +5,14 @@ adversarial-example cache), accuracy with and without the defense, plus the wors
 Adaptive: AutoAttack and BPDA against the whole pipeline M_t ∘ G ∘ E, beside the oblivious
 figure for the same attack and ε. This is the finalist check the sweep does not run per trial.
 
-    python -m ablations.evaluate --defense runs/digits_ablation/best_defense/defense.safetensors
+    python -m ablations.evaluate --defense runs/digits_ablation/best_defense/defense.safetensors \
+        --summary runs/digits_ablation/summary.json
     python -m ablations.evaluate --defense D.safetensors --dataset digits --n-test 200 \
         --attacks PGDu PGDt CWu --adaptive BPDA AA_Linf --out results/
 
-The target model is the one `addd.target_models.get_target_model` trains (once) for the dataset
-and the same n_train/seed as the sweep used; pass ``--target-model`` to use a saved one instead.
+The target model: with ``--summary``, the one the sweep attacked (its path is in summary.json);
+with ``--target-model``, that file; otherwise the one `addd.target_models.get_target_model` trains
+(once) for the dataset, ``--n-train`` and ``--seed``.
 Writes ``oblivious.csv``, ``adaptive.csv`` and ``evaluation.json`` to ``--out`` (if given) and
 prints both tables.
 """
@@ -41,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--defense", required=True, help="ADD-Defense checkpoint (.safetensors from ADDDefense.save)")
+    parser.add_argument("--summary", default=None,
+                        help="a sweep's summary.json: takes the dataset and the exact target model the sweep attacked")
     parser.add_argument("--dataset", default="digits", choices=DATASET_NAMES)
     parser.add_argument("--data-root", default="./data")
     parser.add_argument("--cache-dir", default=None, help="target models and adversarial sets (default: $ADDD_CACHE_DIR or ./.addd_cache)")
@@ -61,6 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in args.adaptive:
         if name not in ADAPTIVE_ATTACK_NAMES:
             parser.error(f"unknown adaptive attack {name!r}; valid: {', '.join(ADAPTIVE_ATTACK_NAMES)}")
+    if args.summary:
+        try:
+            summary = json.loads(Path(args.summary).read_text())
+            args.dataset = summary["dataset"]
+            args.target_model = args.target_model or summary["target_model"]["path"]
+        except (OSError, ValueError, KeyError) as exc:
+            parser.error(f"cannot read dataset and target model from {args.summary} ({exc}); pass a sweep's summary.json")
     if not Path(args.defense).is_file():
         parser.error(f"no defense checkpoint at {args.defense}; pass the path of a file saved by ADDDefense.save")
     return args
