@@ -25,7 +25,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 
 import addd
 from addd.advcache import AdvCache, AdvRequest

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import shutil
 import subprocess
 import time
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sweeps.spaces import Choice, Space
+from sweeps.spaces import Space
 
 log = logging.getLogger(__name__)
 
