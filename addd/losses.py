@@ -6,7 +6,6 @@ d = representation size (z flattened), C = image channels.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import torch
@@ -139,8 +138,3 @@ def image_generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     Same fixed point as minimising log(1 - D_I(.)), with useful gradients early in training.
     """
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-
-
-def uniform_confusion_floor(num_domains: int) -> float:
-    """The minimum of :func:`perturbation_confusion_loss`: log(n)."""
-    return math.log(num_domains)

@@ -65,6 +65,16 @@ def _conv(c_in: int, c_out: int) -> nn.Conv2d:
     return nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1)
 
 
+def _conv_stack(c_in: int, channels: tuple[int, ...], config: NetworkConfig) -> tuple[nn.Sequential, int]:
+    """[Conv(c, 4, 2, 1) + LeakyReLU] for each Table 4 size c (scaled); returns it and its out channels."""
+    layers: list[nn.Module] = []
+    for size in channels:
+        c_out = scaled(size, config.width)
+        layers += [_conv(c_in, c_out), nn.LeakyReLU(config.leaky_slope)]
+        c_in = c_out
+    return nn.Sequential(*layers), c_in
+
+
 def _deconv(c_in: int, c_out: int) -> nn.ConvTranspose2d:
     return nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1)
 
@@ -74,13 +84,7 @@ class Encoder(nn.Module):
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = config.channels
-        for channels in ENCODER_CHANNELS:
-            c_out = scaled(channels, config.width)
-            layers += [_conv(c_in, c_out), nn.LeakyReLU(config.leaky_slope)]
-            c_in = c_out
-        self.features = nn.Sequential(*layers)  # (B, 1024w, 2, 2)
+        self.features, c_in = _conv_stack(config.channels, ENCODER_CHANNELS, config)  # (B, 1024w, 2, 2)
         self.mean_head = _conv(c_in, latent_dim(config))  # (B, 2048w, 1, 1)
         self.logvar_head = _conv(c_in, latent_dim(config))
         init_weights(self, config.leaky_slope)
@@ -142,15 +146,9 @@ class ImageDiscriminator(nn.Module):
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
-        layers: list[nn.Module] = []
-        c_in = config.channels
-        for channels in DI_CHANNELS:
-            c_out = scaled(channels, config.width)
-            layers += [_conv(c_in, c_out), nn.LeakyReLU(config.leaky_slope)]
-            c_in = c_out
+        self.features, c_in = _conv_stack(config.channels, DI_CHANNELS, config)  # (B, 256w, 2, 2)
         spatial = config.image_size // 2 ** len(DI_CHANNELS)
         hidden = scaled(DI_HIDDEN, config.width)
-        self.features = nn.Sequential(*layers)  # (B, 256w, 2, 2)
         self.head = _mlp([c_in * spatial * spatial, hidden, 1], config.leaky_slope)
         init_weights(self, config.leaky_slope)
 

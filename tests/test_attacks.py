@@ -21,7 +21,10 @@ from addd.attacks import (
 )
 from addd.data import load_dataset
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # the attack libraries' chatter
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore::UserWarning"),  # the attack libraries' chatter
+]
 
 DATASET = "digits"
 N_EXAMPLES = 24
@@ -69,15 +72,6 @@ def _train(net: nn.Module, digits, epochs: int, lr: float) -> nn.Module:
             optimizer.step()
     optimizer.zero_grad(set_to_none=True)  # test_model_gradients_untouched checks they stay None
     return net.eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds contention on a shared 2-core machine (~20x here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

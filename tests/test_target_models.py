@@ -9,6 +9,8 @@ from dataclasses import replace
 import pytest
 import torch
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 import addd
 import addd.target_models as tm
 from addd.data import Dataset, load_dataset
@@ -28,15 +30,6 @@ from addd.target_models import (
 
 TINY = TargetTrainSettings(epochs=1, batch_size=32, lr=3e-3)
 CHANNELS = {"digits": 1, "mnist": 1, "fashion_mnist": 1, "svhn": 3, "cifar10": 3}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The box is shared: two threads contend with other jobs and run many times slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
