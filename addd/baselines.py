@@ -1,0 +1,675 @@
+"""The paper's baselines, trained on the same data, known attacks, epochs and seeds as
+ADD-Defense so the ablation study compares like with like.
+
+Every defense is used the same way: ``classifier_for(M_t)(restore(x))``.
+
+- ``"no_defense"`` -> :class:`NoDefense`: M_t alone (``restore`` is the identity, the classifier
+  is M_t). Nothing to train.
+- ``"ape_gan"`` -> :class:`APEGAN` (paper Table 1, Shen et al. 2017): a generator trained to map
+  adversarial examples of the known attacks AND clean examples to the clean image, with
+  ``mse_weight * MSE + adv_weight * GAN loss`` (a discriminator on clean vs restored images), and
+  none of ADD-Defense's latent losses (no MMD, prior, D_P, latent classifier). The classifier is
+  M_t, unchanged.
+- ``"adv_training"`` -> :class:`AdversarialTraining` (paper Fig 1's Def-adv): M_t's architecture
+  (same constructor arguments) trained from scratch on clean + adversarial examples of the known
+  attacks; ``restore`` is the identity and the classifier is the adversarially trained model.
+
+:data:`BASELINES` maps the two trainable baselines' names to their classes;
+:func:`build_baseline` builds any of ``BASELINE_NAMES`` (the two plus ``"no_defense"``) from the
+settings an ADD-Defense trial uses. Checkpoints are safetensors (addd.storage) with the config in
+the metadata; nothing is pickled. :func:`load_baseline` reads either kind.
+
+Imports: ``addd.errors``, ``addd.architectures`` and ``addd.inference`` did not exist when this
+module was written; the error base class is taken from ``addd.errors`` when present (else
+ValueError) and the architectures from ``addd.target_models``, where they live today.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from addd import losses
+from addd.attacks import ATTACK_NAMES, ATTACKS, attack_params
+from addd.config import NetworkConfig
+from addd.defense import EpochReport, NonFiniteLossError
+from addd.networks import Encoder, Generator, ImageDiscriminator
+from addd.storage import StorageError, load_tensors, save_tensors
+from addd.target_models import DEFAULT_ARCH, arch_kwargs_for, build_target_model
+
+try:  # the project-wide error base, once it exists
+    from addd.errors import AdddError as _ErrorBase
+except ImportError:  # pragma: no cover - depends on the tree's state
+    _ErrorBase = ValueError
+
+log = logging.getLogger(__name__)
+
+APEGAN_FORMAT = "addd-apegan/1"
+ADV_TRAINING_FORMAT = "addd-adv-training/1"
+
+# APE-GAN's loss weights. Shen et al. (2017) use 0.7 * MSE + 0.3 * adversarial (SHEN_*); our
+# default is ADD-Defense's eq (7) weighting, θ = 1e3 MSE + 1 adversarial (APEGAN_*). See APEGANConfig.
+SHEN_MSE_WEIGHT, SHEN_ADV_WEIGHT = 0.7, 0.3
+APEGAN_MSE_WEIGHT, APEGAN_ADV_WEIGHT = 1e3, 1.0
+# PGD iterations per batch when adversarial training generates PGD examples online (see
+# AdversarialTraining): Madry et al. train with 7 (CIFAR) to 40 (MNIST) steps; 10 keeps the
+# step rule of addd.attacks (eps_iter = 2.5 eps / steps) and costs ~11x a clean epoch.
+DEFAULT_PGD_STEPS = 10
+
+
+class BaselineError(_ErrorBase):
+    """A bad baseline name, setting, input or checkpoint; the message says what to do."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise BaselineError(message)
+
+
+def _check_known_attacks(known: Sequence[str]) -> tuple[str, ...]:
+    known = tuple(known)
+    _check(len(known) >= 1, "known_attacks must name at least one attack")
+    _check(len(set(known)) == len(known), f"known_attacks has duplicates: {list(known)}")
+    bad = [name for name in known if name not in ATTACK_NAMES]
+    _check(not bad, f"unknown known attack(s) {bad}; valid names: {', '.join(ATTACK_NAMES)}")
+    return known
+
+
+def _check_common(cfg: Any) -> None:
+    _check(isinstance(cfg.epochs, int) and cfg.epochs >= 1, f"epochs must be an int >= 1, got {cfg.epochs!r}")
+    _check(isinstance(cfg.batch_size, int) and cfg.batch_size >= 2, f"batch_size must be an int >= 2, got {cfg.batch_size!r}")
+    _check(isinstance(cfg.lr, (int, float)) and 0 < cfg.lr < math.inf, f"lr must be a number > 0, got {cfg.lr!r}")
+    _check(isinstance(cfg.seed, int), f"seed must be an int, got {cfg.seed!r}")
+    _check(cfg.channels in (1, 3), f"channels must be 1 or 3, got {cfg.channels!r}")
+
+
+def _check_training_data(x: torch.Tensor, y: torch.Tensor, x_adv: Mapping[str, torch.Tensor], needed: Sequence[str]) -> None:
+    _check(x.dim() == 4 and x.dtype == torch.float32, f"x must be float32 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
+    _check(y.shape == (x.shape[0],), f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    missing = [name for name in needed if name not in x_adv]
+    _check(not missing, f"x_adv lacks the known attack(s) {missing}; pass examples for each of {list(needed)}")
+    for name in needed:
+        _check(
+            x_adv[name].shape == x.shape,
+            f"x_adv[{name!r}] has shape {tuple(x_adv[name].shape)}, expected {tuple(x.shape)} (paired with x)",
+        )
+    for name, tensor in [("x", x), *((f"x_adv[{a!r}]", x_adv[a]) for a in needed)]:
+        _check(bool(torch.isfinite(tensor).all()), f"{name} contains NaN or inf values; regenerate or clean the data")
+
+
+def _check_finite(values: Mapping[str, torch.Tensor], epoch: int, step: int) -> None:
+    bad = {name: float(v.detach()) for name, v in values.items() if not torch.isfinite(v).all()}
+    if bad:
+        raise NonFiniteLossError(f"epoch {epoch}, step {step}: non-finite loss {bad}; lower lr or the loss weights")
+
+
+@contextlib.contextmanager
+def _frozen(module: nn.Module) -> Iterator[None]:
+    """No parameter gradients for ``module`` in the block (its inputs still get them)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _adam(params: Sequence[nn.Parameter], lr: float, device: torch.device) -> torch.optim.Optimizer:
+    # Same optimiser settings as ADDDefense (Adam, beta1 0.5, fused kernel).
+    return torch.optim.Adam(list(params), lr=lr, betas=(0.5, 0.999), fused=device.type in ("cpu", "cuda"))
+
+
+def _history_metadata(history: Sequence[EpochReport]) -> list[dict[str, Any]]:
+    return [{"epoch": r.epoch, "losses": r.losses, "seconds": r.seconds, "steps": r.steps} for r in history]
+
+
+def _history_from_metadata(items: Sequence[Mapping[str, Any]]) -> list[EpochReport]:
+    return [EpochReport(h["epoch"], dict(h["losses"]), h["seconds"], h.get("steps", 0)) for h in items]
+
+
+def _config_from_metadata(cls: type, raw: Mapping[str, Any], path: Path) -> Any:
+    names = {f.name for f in fields(cls)}
+    unknown = set(raw) - names
+    if unknown:
+        raise StorageError(f"{path}: config has unknown field(s) {sorted(unknown)}; written by a newer addd?")
+    values = dict(raw)
+    if "known_attacks" in values:
+        values["known_attacks"] = tuple(values["known_attacks"])
+    return cls(**values)
+
+
+def _load_checked(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, metadata = load_tensors(path)
+    if metadata.get("format") != expected_format:
+        raise StorageError(f"{path} is not a {expected_format} checkpoint (format {metadata.get('format')!r})")
+    return tensors, metadata
+
+
+def _run_epochs(
+    model: nn.Module,
+    n: int,
+    batch_size: int,
+    epochs: int,
+    seed: int,
+    step: Callable[[torch.Tensor, int, int], dict[str, float]],
+    callback: Callable[[EpochReport, Any], Any] | None,
+) -> list[EpochReport]:
+    """Shared epoch loop: seeded shuffling, last partial batch dropped (as ADDDefense.fit),
+    mean losses per epoch, ``callback(report, model)`` after each (False stops)."""
+    shuffle = torch.Generator().manual_seed(seed)
+    batch = min(batch_size, n)
+    reports: list[EpochReport] = []
+    for epoch in range(1, epochs + 1):
+        start, sums, steps = time.perf_counter(), {}, 0
+        order = torch.randperm(n, generator=shuffle)
+        for begin in range(0, n - batch + 1, batch):
+            values = step(order[begin : begin + batch], epoch, steps + 1)
+            for name, value in values.items():
+                sums[name] = sums.get(name, 0.0) + value
+            steps += 1
+        report = EpochReport(epoch, {k: v / steps for k, v in sums.items()}, time.perf_counter() - start, steps)
+        reports.append(report)
+        model.history.append(report)
+        log.info("%s epoch %d: %s (%.1fs)", type(model).__name__, epoch,
+                 " ".join(f"{k}={v:.4g}" for k, v in report.losses.items()), report.seconds)
+        if callback is not None and callback(report, model) is False:
+            break
+    return reports
+
+
+# ============================================================================ protocol
+
+
+@runtime_checkable
+class Baseline(Protocol):
+    """What every defense offers the evaluation: ``classifier_for(M_t)(restore(x))``."""
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def classifier_for(self, target_model: nn.Module) -> nn.Module: ...
+
+
+class NoDefense(nn.Module):
+    """M_t alone: ``restore`` is the identity, the classifier is the target model itself."""
+
+    name = "no_defense"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: list[EpochReport] = []
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.restore(x)
+
+    def classifier_for(self, target_model: nn.Module) -> nn.Module:
+        return target_model
+
+    def fit(self, x, y, x_adv=None, callback=None, epochs=None) -> list[EpochReport]:
+        """Nothing to train; present so every defense can be driven alike."""
+        return []
+
+
+# ============================================================================ APE-GAN
+
+
+@dataclass(frozen=True)
+class APEGANConfig:
+    """Settings of an APE-GAN baseline.
+
+    Networks (our choice, for equal capacity): the generator is ADD-Defense's E (its mean head
+    only: no log-variance, no sampling) followed by its G, and the discriminator is its D_I, all
+    at the same ``width`` (paper Table 4 sizes times width). So at one width, APE-GAN and
+    ADD-Defense have the same restoration network; the difference is only the latent losses.
+    (Shen et al.'s generator keeps the spatial resolution; ours has Table 4's 1x1 bottleneck.)
+
+    Loss weights (our choice): the defaults are ADD-Defense's eq (7) weighting, ``mse_weight``
+    = θ = 1e3 and ``adv_weight`` = 1 (the paper's MNIST/SVHN θ), so APE-GAN and ADD-Defense
+    differ only in the latent losses; pass the trial's θ for CIFAR-10 (θ = 10). Shen et al.'s
+    0.7 * MSE + 0.3 * adversarial (``SHEN_MSE_WEIGHT``, ``SHEN_ADV_WEIGHT``) are available, but
+    on images in [0, 1] with this bottlenecked generator the GAN term then dominates: measured on
+    digits (width 0.125, 8 epochs, 600 images) the MSE stalled at 0.077 against 0.019 with
+    1e3 / 1 (PGD at ε 0.15 itself is at MSE 0.017 from the clean image).
+    """
+
+    width: float = 1.0
+    channels: int = 3
+    epochs: int = 10
+    batch_size: int = 64  # clean examples per step; the step sees (1 + K) x batch_size inputs
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    known_attacks: tuple[str, ...] = ("PGDu", "PGDt")
+    mse_weight: float = APEGAN_MSE_WEIGHT
+    adv_weight: float = APEGAN_ADV_WEIGHT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "known_attacks", _check_known_attacks(self.known_attacks))
+        _check_common(self)
+        _check(isinstance(self.width, (int, float)) and self.width > 0, f"width must be > 0, got {self.width!r}")
+        for name in ("mse_weight", "adv_weight"):
+            value = getattr(self, name)
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0, f"{name} must be a finite number >= 0, got {value!r}")
+        _check(self.mse_weight + self.adv_weight > 0, "mse_weight and adv_weight cannot both be 0")
+
+    @property
+    def network(self) -> NetworkConfig:
+        return NetworkConfig(width=self.width, channels=self.channels)
+
+
+class APEGANGenerator(nn.Module):
+    """x (B, C, 32, 32) -> restored image in [0, 1]: E's conv stack and mean head, then G."""
+
+    def __init__(self, net: NetworkConfig):
+        super().__init__()
+        encoder = Encoder(net)  # built (and initialised) exactly as ADD-Defense's E ...
+        self.features, self.bottleneck = encoder.features, encoder.mean_head  # ... minus log-variance
+        self.decoder = Generator(net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.bottleneck(self.features(x)).flatten(1))
+
+
+class APEGAN(nn.Module):
+    """APE-GAN baseline (paper Table 1): see :class:`APEGANConfig` and the module docstring.
+
+    Each step: the discriminator (clean originals vs restored images, detached) is updated, then
+    the generator minimises ``mse_weight * MSE(G(x_k), x_o) + adv_weight * (-log D(G(x_k)))``
+    over x_k in {clean, each known attack's examples}, against the frozen discriminator.
+    """
+
+    name = "ape_gan"
+
+    def __init__(self, config: APEGANConfig):
+        super().__init__()
+        self.config = config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # seeded initialisation, caller's RNG untouched
+            self.generator = APEGANGenerator(config.network)
+            self.discriminator = ImageDiscriminator(config.network)
+        self.history: list[EpochReport] = []
+
+    # --------------------------------------------------------------- inference
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """G(x): (B, C, 32, 32) in [0, 1] -> same shape in [0, 1]; deterministic, differentiable."""
+        return self.generator(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.restore(x)
+
+    def classifier_for(self, target_model: nn.Module) -> nn.Module:
+        return target_model
+
+    # --------------------------------------------------------------- training
+    def fit(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_adv: Mapping[str, torch.Tensor],
+        callback: Callable[[EpochReport, "APEGAN"], Any] | None = None,
+        epochs: int | None = None,
+    ) -> list[EpochReport]:
+        """Train on clean ``x`` (N, C, H, W) and ``x_adv[name]`` (paired with x) for every known
+        attack. ``y`` is checked but unused (APE-GAN has no label loss). Raises
+        NonFiniteLossError as soon as a loss is NaN/inf."""
+        cfg = self.config
+        _check_training_data(x, y, x_adv, cfg.known_attacks)
+        device = torch.device(cfg.device)
+        self.to(device).train()
+        opt_g = _adam(self.generator.parameters(), cfg.lr, device)
+        opt_d = _adam(self.discriminator.parameters(), cfg.lr, device)
+        adversarial = [x_adv[name] for name in cfg.known_attacks]
+
+        def step(idx: torch.Tensor, epoch: int, number: int) -> dict[str, float]:
+            x_clean = x[idx].to(device)
+            inputs = torch.cat([x_clean, *(a[idx].to(device) for a in adversarial)])
+            restored = self.generator(inputs)
+            values: dict[str, torch.Tensor] = {}
+            if cfg.adv_weight > 0:
+                logits = self.discriminator(torch.cat([x_clean, restored.detach()]))
+                real, fake = logits.split([len(x_clean), len(restored)])
+                values["di"] = losses.image_discriminator_loss(real, fake)
+                _check_finite(values, epoch, number)
+                opt_d.zero_grad(set_to_none=True)
+                values["di"].backward()
+                opt_d.step()
+            with _frozen(self.discriminator):
+                values["mse"] = losses.reconstruction_loss(restored, x_clean.repeat(1 + len(adversarial), 1, 1, 1))
+                total = cfg.mse_weight * values["mse"]
+                if cfg.adv_weight > 0:
+                    values["adv"] = losses.image_generator_loss(self.discriminator(restored))
+                    total = total + cfg.adv_weight * values["adv"]
+                values["total"] = total
+                _check_finite(values, epoch, number)
+                opt_g.zero_grad(set_to_none=True)
+                total.backward()
+            opt_g.step()
+            return {name: v.item() for name, v in values.items()}
+
+        try:
+            return _run_epochs(self, len(x), cfg.batch_size, epochs or cfg.epochs, cfg.seed, step, callback)
+        finally:
+            self.eval()
+
+    # --------------------------------------------------------------- persistence
+    def save(self, path: str | Path, extra_metadata: Mapping[str, object] | None = None) -> Path:
+        """Weights and config in one safetensors file (atomic); returns the path."""
+        path = Path(path)
+        metadata = {
+            "format": APEGAN_FORMAT,
+            "config": asdict(self.config),
+            "history": _history_metadata(self.history),
+            **(extra_metadata or {}),
+        }
+        save_tensors(path, self.state_dict(), metadata)
+        return path
+
+
+def load_apegan(path: str | Path, device: str = "cpu") -> APEGAN:
+    """Load an APE-GAN saved by :meth:`APEGAN.save`, in eval mode (config.device set to ``device``)."""
+    path = Path(path)
+    tensors, metadata = _load_checked(path, APEGAN_FORMAT)
+    config = _config_from_metadata(APEGANConfig, {**metadata["config"], "device": str(device)}, path)
+    model = APEGAN(config)
+    model.load_state_dict(tensors, strict=True)
+    model.history = _history_from_metadata(metadata.get("history", []))
+    return model.to(device).eval()
+
+
+# ============================================================================ adversarial training
+
+
+def is_online_attack(name: str) -> bool:
+    """True for the attacks adversarial training regenerates each batch: the PGD family."""
+    return ATTACKS[name].family == "PGD"
+
+
+@dataclass(frozen=True)
+class AdversarialTrainingConfig:
+    """Settings of the Def-adv baseline. ``arch`` / ``arch_kwargs`` must be M_t's (the target
+    model of the dataset); ``dataset`` picks the PGD parameters (eps, step rule, random start,
+    target class) from addd.attacks; ``pgd_eps`` overrides eps."""
+
+    arch: str = "digits_cnn"
+    channels: int = 1
+    num_classes: int = 10
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    known_attacks: tuple[str, ...] = ("PGDu", "PGDt")
+    pgd_steps: int = DEFAULT_PGD_STEPS
+    dataset: str = "digits"
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)  # completed by arch_kwargs_for
+    pgd_eps: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "known_attacks", _check_known_attacks(self.known_attacks))
+        _check_common(self)
+        _check(isinstance(self.num_classes, int) and self.num_classes >= 2, f"num_classes must be an int >= 2, got {self.num_classes!r}")
+        _check(isinstance(self.pgd_steps, int) and self.pgd_steps >= 1, f"pgd_steps must be an int >= 1, got {self.pgd_steps!r}")
+        _check(self.pgd_eps is None or (isinstance(self.pgd_eps, (int, float)) and self.pgd_eps > 0), f"pgd_eps must be > 0 or None, got {self.pgd_eps!r}")
+        try:
+            kwargs = arch_kwargs_for(self.arch, self.channels, self.num_classes, {
+                k: v for k, v in dict(self.arch_kwargs).items() if k not in ("channels", "num_classes")
+            })
+            attack_params("PGDu", self.dataset)  # the dataset must have PGD parameters
+        except ValueError as exc:
+            raise BaselineError(f"adversarial training: {exc}") from exc
+        _check(
+            dict(self.arch_kwargs).get("channels", self.channels) == self.channels
+            and dict(self.arch_kwargs).get("num_classes", self.num_classes) == self.num_classes,
+            f"arch_kwargs {dict(self.arch_kwargs)} disagree with channels={self.channels}, num_classes={self.num_classes}",
+        )
+        object.__setattr__(self, "arch_kwargs", kwargs)
+
+    def pgd_settings(self, name: str) -> dict[str, Any]:
+        """eps, eps_iter, steps, rand_init and target (None if untargeted) of online attack ``name``."""
+        params = attack_params(name, self.dataset, overrides=None if self.pgd_eps is None else {"eps": self.pgd_eps})
+        eps = params["eps"]
+        return {
+            "eps": eps,
+            "eps_iter": params["step_factor"] * eps / self.pgd_steps,  # addd.attacks' step rule
+            "steps": self.pgd_steps,
+            "rand_init": params["rand_init"],
+            "target": params.get("target_class"),
+        }
+
+
+def pgd_linf(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps: float,
+    eps_iter: float,
+    steps: int,
+    rand_init: bool = True,
+    targeted: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """L∞ PGD (Madry et al.) on ``model`` as it is (mode untouched): ``labels`` are the true
+    labels (untargeted: raise their loss) or the targets (targeted: lower theirs). Only the input
+    gets gradients; the model's .grad fields are left alone. Returns detached x_adv in [0, 1]."""
+    x = x.detach()
+    if rand_init:
+        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
+    else:
+        x_adv = x.clone()
+    sign = -1.0 if targeted else 1.0
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        loss = F.cross_entropy(model(x_adv), labels)
+        (grad,) = torch.autograd.grad(loss, x_adv)
+        with torch.no_grad():
+            x_adv = x_adv + sign * eps_iter * grad.sign()
+            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
+    return x_adv.detach()
+
+
+class AdversarialTraining(nn.Module):
+    """Def-adv baseline (paper Fig 1): M_t's architecture trained from scratch on clean and
+    adversarial examples of the known attacks; ``restore`` is the identity.
+
+    Adversarial examples (our choice):
+    - PGD family (PGDu, PGDt): generated ONLINE each batch against the current model, Madry
+      style, with the dataset's PGD parameters from addd.attacks (eps, random start, step rule
+      eps_iter = 2.5 eps / steps, target class) but ``pgd_steps`` iterations (default 10 instead
+      of 40, to keep training cost ~11x a clean epoch). The model is in eval mode while
+      attacking (batch-norm statistics and dropout are not disturbed by the attack).
+    - Every other known attack (CW, DDN, LS, BA, ST, AutoAttack): the precomputed oblivious sets
+      passed in ``x_adv`` (computed once against M_t, as ADD-Defense and APE-GAN get them) are
+      used as STATIC training data; regenerating them against the moving model each batch would
+      cost 10-1000x more. So Def-adv is Madry training for PGD and data augmentation with
+      transferred examples for the rest.
+    Loss: cross-entropy averaged over the clean batch and each known attack's batch (equal
+    weight per domain, as ADD-Defense's domains), Adam at ``lr``, constant.
+    """
+
+    name = "adv_training"
+
+    def __init__(self, config: AdversarialTrainingConfig):
+        super().__init__()
+        self.config = config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # seeded initialisation, caller's RNG untouched
+            self.classifier = build_target_model(config.arch, **config.arch_kwargs)
+        self.history: list[EpochReport] = []
+
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.restore(x)
+
+    def classifier_for(self, target_model: nn.Module) -> nn.Module:
+        """The adversarially trained model (``target_model`` is not used)."""
+        return self.classifier
+
+    @property
+    def online_attacks(self) -> tuple[str, ...]:
+        return tuple(name for name in self.config.known_attacks if is_online_attack(name))
+
+    @property
+    def static_attacks(self) -> tuple[str, ...]:
+        return tuple(name for name in self.config.known_attacks if not is_online_attack(name))
+
+    def fit(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_adv: Mapping[str, torch.Tensor] | None = None,
+        callback: Callable[[EpochReport, "AdversarialTraining"], Any] | None = None,
+        epochs: int | None = None,
+    ) -> list[EpochReport]:
+        """Train on clean ``x`` (N, C, H, W), labels ``y`` (N,), online PGD examples and, for
+        each non-PGD known attack, ``x_adv[name]`` paired with x (PGD entries of x_adv are not
+        needed and are ignored). Losses reported: ``clean``, ``adv_<name>`` per known attack,
+        ``total``. Raises NonFiniteLossError on a NaN/inf loss."""
+        cfg = self.config
+        x_adv = x_adv or {}
+        _check_training_data(x, y, x_adv, self.static_attacks)
+        device = torch.device(cfg.device)
+        model = self.classifier.to(device)
+        optimizer = _adam(model.parameters(), cfg.lr, device)
+        pgd = {name: cfg.pgd_settings(name) for name in self.online_attacks}
+        noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+
+        def step(idx: torch.Tensor, epoch: int, number: int) -> dict[str, float]:
+            x_clean, y_batch = x[idx].to(device), y[idx].to(device)
+            inputs = {"clean": x_clean}
+            model.eval()
+            for name in cfg.known_attacks:
+                if name in pgd:
+                    s = pgd[name]
+                    labels = y_batch if s["target"] is None else torch.full_like(y_batch, s["target"])
+                    inputs[f"adv_{name}"] = pgd_linf(
+                        model, x_clean, labels, eps=s["eps"], eps_iter=s["eps_iter"], steps=s["steps"],
+                        rand_init=s["rand_init"], targeted=s["target"] is not None, generator=noise,
+                    )
+                else:
+                    inputs[f"adv_{name}"] = x_adv[name][idx].to(device)
+            model.train()
+            logits = model(torch.cat(list(inputs.values())))
+            values = {
+                key: F.cross_entropy(part, y_batch) for key, part in zip(inputs, logits.split(len(x_clean)))
+            }
+            values["total"] = torch.stack(list(values.values())).mean()
+            _check_finite(values, epoch, number)
+            optimizer.zero_grad(set_to_none=True)
+            values["total"].backward()
+            optimizer.step()
+            return {key: v.item() for key, v in values.items()}
+
+        try:
+            return _run_epochs(self, len(x), cfg.batch_size, epochs or cfg.epochs, cfg.seed, step, callback)
+        finally:
+            self.eval()
+
+    def save(self, path: str | Path, extra_metadata: Mapping[str, object] | None = None) -> Path:
+        """Weights and config in one safetensors file (atomic); returns the path."""
+        path = Path(path)
+        metadata = {
+            "format": ADV_TRAINING_FORMAT,
+            "config": asdict(self.config),
+            "history": _history_metadata(self.history),
+            **(extra_metadata or {}),
+        }
+        save_tensors(path, self.state_dict(), metadata)
+        return path
+
+
+def load_adversarial_training(path: str | Path, device: str = "cpu") -> AdversarialTraining:
+    """Load a model saved by :meth:`AdversarialTraining.save`, in eval mode."""
+    path = Path(path)
+    tensors, metadata = _load_checked(path, ADV_TRAINING_FORMAT)
+    config = _config_from_metadata(AdversarialTrainingConfig, {**metadata["config"], "device": str(device)}, path)
+    model = AdversarialTraining(config)
+    model.load_state_dict(tensors, strict=True)
+    model.history = _history_from_metadata(metadata.get("history", []))
+    return model.to(device).eval()
+
+
+# ============================================================================ registry
+
+
+BASELINES: dict[str, type] = {
+    "ape_gan": APEGAN,
+    "adv_training": AdversarialTraining,
+}
+# Every name build_baseline accepts: the trainable baselines plus M_t alone.
+BASELINE_NAMES: tuple[str, ...] = (*BASELINES, NoDefense.name)
+_LOADERS: dict[str, Callable[[str | Path, str], nn.Module]] = {
+    APEGAN_FORMAT: load_apegan,
+    ADV_TRAINING_FORMAT: load_adversarial_training,
+}
+
+
+def build_baseline(
+    name: str,
+    dataset: Any,
+    known_attacks: Sequence[str],
+    *,
+    width: float = 1.0,
+    channels: int = 3,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str = "cpu",
+    target_arch: str | None = None,
+    target_arch_kwargs: Mapping[str, Any] | None = None,
+    num_classes: int = 10,
+    pgd_steps: int = DEFAULT_PGD_STEPS,
+    mse_weight: float = APEGAN_MSE_WEIGHT,
+    adv_weight: float = APEGAN_ADV_WEIGHT,
+) -> nn.Module:
+    """An untrained baseline ``name`` (one of ``BASELINE_NAMES``) with an ADD-Defense trial's
+    settings. ``dataset`` is a dataset name or an ``addd.data.Dataset`` (its name is used).
+    ``target_arch`` / ``target_arch_kwargs`` are M_t's (default: the dataset's default
+    architecture); only adversarial training uses them, only APE-GAN uses ``width``."""
+    if name not in BASELINE_NAMES:
+        raise BaselineError(f"unknown baseline {name!r}; valid names: {', '.join(BASELINE_NAMES)}")
+    dataset_name = getattr(dataset, "name", dataset)
+    _check(isinstance(dataset_name, str), f"dataset must be a name or an addd.data.Dataset, got {dataset!r}")
+    if name == NoDefense.name:
+        return NoDefense()
+    if name == "ape_gan":
+        return APEGAN(APEGANConfig(
+            width=width, channels=channels, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            device=device, known_attacks=tuple(known_attacks), mse_weight=mse_weight, adv_weight=adv_weight,
+        ))
+    if target_arch is None:
+        _check(dataset_name in DEFAULT_ARCH,
+               f"no default target architecture for dataset {dataset_name!r}; pass target_arch=")
+        target_arch = DEFAULT_ARCH[dataset_name]
+    return AdversarialTraining(AdversarialTrainingConfig(
+        arch=target_arch, channels=channels, num_classes=num_classes, epochs=epochs, batch_size=batch_size,
+        lr=lr, seed=seed, device=device, known_attacks=tuple(known_attacks), pgd_steps=pgd_steps,
+        dataset=dataset_name, arch_kwargs=dict(target_arch_kwargs or {}),
+    ))
+
+
+def load_baseline(path: str | Path, device: str = "cpu") -> nn.Module:
+    """Load any saved baseline (APE-GAN or adversarial training), by its recorded format."""
+    from addd.storage import read_metadata
+
+    fmt = read_metadata(path).get("format")
+    if fmt not in _LOADERS:
+        raise StorageError(f"{path} is not a baseline checkpoint (format {fmt!r}; expected one of {', '.join(_LOADERS)})")
+    return _LOADERS[fmt](path, device)
