@@ -28,8 +28,9 @@ from pathlib import Path
 
 import addd
 from addd.advcache import AdvCache, AdvRequest
-from addd.attacks import ADAPTIVE_ATTACK_NAMES, ATTACK_NAMES
+from addd.attack_names import ADAPTIVE_ATTACK_NAMES, ATTACK_NAMES
 from addd.data import DATASET_NAMES, load_dataset
+from addd.errors import AdddError
 from addd.evaluate import evaluate, evaluate_adaptive
 from addd.storage import atomic_write_bytes
 from addd.target_models import default_cache_dir, get_target_model, load_target_entry
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
     def progress(attack: str, done: int, total: int) -> None:
         logging.info("%s: %d/%d examples", attack, done, total)
 
-    cache = AdvCache(cache_dir / "adversarial")
+    cache = AdvCache.under(cache_dir)  # the sweep's cache: its sets are reused, not regenerated
     requests = [
         AdvRequest(args.dataset, "test", x, y, model, attack, model_sha256=target.weights_sha256,
                    budget=args.budget, seed=args.seed, device=args.device)
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         run(args)
-    except (ValueError, OSError) as exc:  # our errors are ValueError subclasses with a what-to-do message
+    except (AdddError, OSError) as exc:  # every addd error carries a what-to-do message
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

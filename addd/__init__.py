@@ -4,9 +4,11 @@ Pure torch (plus the attack libraries); never imports ray, optuna or mlflow.
 """
 
 from addd.config import ConfigError, DefenseConfig, LossConfig, NetworkConfig, TrainConfig
+from addd.errors import AdddError
 
 __all__ = [
     "ADDDefense",
+    "AdddError",
     "ConfigError",
     "DefenseConfig",
     "LossConfig",

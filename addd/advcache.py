@@ -7,7 +7,8 @@ seed, chunk size, attack-library versions) and read back by every trial, on one 
 attack parameters are those of ``addd.attacks.attack_params`` after ``budget``, so two budgets
 that give the same parameters share an entry.
 
-Layout under ``root``::
+The cache of a run lives in ``<cache_dir>/advcache`` (:data:`SUBDIR`): open it with
+``AdvCache.under(cache_dir)`` so every user shares it. Layout under ``root``::
 
     <dataset>/<attack>/<key>/tensors.safetensors   x_adv float32 as generated, y, target (if any)
     <dataset>/<attack>/<key>/manifest.json         AdvManifest, incl. the sha256 of each stored tensor
@@ -22,7 +23,7 @@ uint8): storing never changes an attack.
 
 Usage::
 
-    cache = AdvCache("runs/advcache")
+    cache = AdvCache.under("runs")  # root runs/advcache
     sets = cache.get_many([AdvRequest("digits", "test", x, y, model, "PGDu"), ...])
     sets["PGDu"].x_adv
 """
@@ -47,13 +48,15 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from addd.evaluate import predict
+from addd.errors import AdddError
+from addd.inference import predict
 from addd.metrics import accuracy_targeted, accuracy_untargeted
 from addd.storage import StorageError, load_tensors, save_tensors, sha256_state_dict, sha256_tensor, stable_hash
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+SUBDIR = "advcache"  # the cache's folder under a cache dir: use AdvCache.under(cache_dir), never spell it
 TENSORS_FILE = "tensors.safetensors"
 MANIFEST_FILE = "manifest.json"
 
@@ -61,12 +64,12 @@ ProgressFn = Callable[[str, int, int], None]  # (attack, examples done, total)
 MapFn = Callable[[Callable[[Any], Any], list], list]  # map_fn(fn, items) -> [fn(item) ...]
 
 
-class AdvCacheError(ValueError):
+class AdvCacheError(AdddError):
     """A cache request or an attack's output is unusable; the message says what to fix."""
 
 
-class _InvalidEntry(Exception):
-    """An entry on disk is corrupt, truncated or not the one asked for (internal)."""
+class _InvalidEntry(AdddError):
+    """An entry on disk is corrupt, truncated or not the one asked for (internal: caught, logged, rebuilt)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -188,6 +191,12 @@ class AdvCache:
     chunk_size: int = 256  # examples per attack call; progress is reported after each chunk
     batch_size: int = 512  # examples per forward pass when measuring accuracy
     lock_timeout: float = -1  # seconds to wait for another generator; -1 waits forever
+
+    @classmethod
+    def under(cls, cache_dir: str | os.PathLike, **options: Any) -> "AdvCache":
+        """The cache in its one place under a cache dir, ``<cache_dir>/advcache``; ``options`` as
+        the constructor's (run_attack, chunk_size, ...)."""
+        return cls(Path(cache_dir) / SUBDIR, **options)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -335,12 +344,38 @@ class AdvCache:
         self, request: AdvRequest, fields: dict[str, Any], key: str, entry: Path, progress: ProgressFn | None
     ) -> None:
         """Run the attack in chunks, measure it, and write the entry atomically."""
-        name, n = request.attack, len(request.x)
         logger.info(
-            "advcache: generating %s on %s/%s (%d examples) -> %s", name, request.dataset, request.split, n, entry
+            "advcache: generating %s on %s/%s (%d examples) -> %s",
+            request.attack, request.dataset, request.split, len(request.x), entry,
         )
-        run_attack = self._run_attack()
         started = time.perf_counter()
+        x_adv, target, run_params = self._attack_in_chunks(request, progress)
+        seconds = time.perf_counter() - started
+        y = request.y.detach().cpu()
+        scores = _measure(request.model, request.x, x_adv, y, target, self.batch_size)
+        tensors = {"x_adv": x_adv, "y": y} | ({} if target is None else {"target": target})
+        manifest = AdvManifest(
+            format_version=FORMAT_VERSION, key=key, dataset=request.dataset, split=request.split,
+            attack=request.attack, params=fields["params"], run_params=_jsonable(run_params),
+            seed=int(request.seed), budget=float(request.budget), chunk_size=self.chunk_size,
+            library_versions=fields["library_versions"], model_sha256=fields["model_sha256"],
+            x_sha256=fields["x_sha256"], y_sha256=fields["y_sha256"],
+            shapes={k: list(v.shape) for k, v in tensors.items()},
+            tensor_sha256={k: sha256_tensor(v) for k, v in tensors.items()}, target_class=_single_class(target),
+            **scores, seconds=seconds, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+        self._write_entry(entry, key, tensors, manifest)
+        logger.info(
+            "advcache: stored %s (%.1fs, success rate %.3f, model accuracy %.3f) at %s",
+            request.attack, seconds, scores["attack_success_rate"], scores["model_accuracy"], entry,
+        )
+
+    def _attack_in_chunks(
+        self, request: AdvRequest, progress: ProgressFn | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+        """(x_adv (N, C, H, W) on CPU, targets (N,) or None, the first chunk's run parameters)."""
+        name, n = request.attack, len(request.x)
+        run_attack = self._run_attack()
         chunks, targets, run_params = [], [], None
         _report(progress, name, 0, n)
         for index, start in enumerate(range(0, n, self.chunk_size)):
@@ -355,52 +390,55 @@ class AdvCache:
             run_params = run_params if run_params is not None else dict(result.params)
             _report(progress, name, stop, n)
             logger.info("advcache: %s %d/%d examples", name, stop, n)
-        seconds = time.perf_counter() - started
-        x_adv = torch.cat(chunks)
-        y = request.y.detach().cpu()
         if any(t is None for t in targets) and not all(t is None for t in targets):
             raise AdvCacheError(f"attack {name} returned a target for some chunks and none for others")
         target = None if targets[0] is None else torch.cat(targets)
+        return torch.cat(chunks), target, run_params or {}
 
-        pred = predict(request.model, x_adv, batch_size=self.batch_size)
-        clean_pred = predict(request.model, request.x, batch_size=self.batch_size)
-        if target is None:
-            model_accuracy = accuracy_untargeted(pred, y)
-            success = float((pred != y).float().mean())
-        else:
-            model_accuracy = accuracy_targeted(pred, y, target)
-            attackable = y != target
-            success = float((pred == target)[attackable].float().mean()) if attackable.any() else float("nan")
-        tensors = {"x_adv": x_adv, "y": y} | ({} if target is None else {"target": target})
-
+    def _write_entry(self, entry: Path, key: str, tensors: dict[str, torch.Tensor], manifest: AdvManifest) -> None:
+        """Write tensors and manifest in a temporary folder, then rename it into place (atomic)."""
         tmp = self.root / ".tmp" / f"{key}-{uuid.uuid4().hex}"
         tmp.mkdir(parents=True)
         try:
-            save_tensors(tmp / TENSORS_FILE, tensors, {"key": key, "attack": name})
-            target_class = int(target[0]) if target is not None and bool((target == target[0]).all()) else None
-            manifest = AdvManifest(
-                format_version=FORMAT_VERSION, key=key, dataset=request.dataset, split=request.split,
-                attack=name, params=fields["params"], run_params=_jsonable(run_params or {}),
-                seed=int(request.seed), budget=float(request.budget), chunk_size=self.chunk_size,
-                library_versions=fields["library_versions"], model_sha256=fields["model_sha256"],
-                x_sha256=fields["x_sha256"], y_sha256=fields["y_sha256"],
-                shapes={k: list(v.shape) for k, v in tensors.items()},
-                tensor_sha256={k: sha256_tensor(v) for k, v in tensors.items()}, target_class=target_class,
-                attack_success_rate=success, model_accuracy=model_accuracy,
-                clean_accuracy=accuracy_untargeted(clean_pred, y), seconds=seconds,
-                created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            )
+            save_tensors(tmp / TENSORS_FILE, tensors, {"key": key, "attack": manifest.attack})
             manifest.save(tmp / MANIFEST_FILE)
             entry.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp, entry)  # atomic; we hold the lock and the entry is absent
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        logger.info(
-            "advcache: stored %s (%.1fs, success rate %.3f, model accuracy %.3f) at %s",
-            name, seconds, success, model_accuracy, entry,
-        )
 
+
+def _measure(
+    model: nn.Module,
+    x: torch.Tensor,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    batch_size: int,
+) -> dict[str, float]:
+    """The manifest's attack_success_rate, model_accuracy (Acc_u, or Acc_t) and clean_accuracy."""
+    pred = predict(model, x_adv, batch_size=batch_size)
+    clean_pred = predict(model, x, batch_size=batch_size)
+    if target is None:
+        model_accuracy = accuracy_untargeted(pred, y)
+        success = float((pred != y).float().mean())
+    else:
+        model_accuracy = accuracy_targeted(pred, y, target)
+        attackable = y != target
+        success = float((pred == target)[attackable].float().mean()) if attackable.any() else float("nan")
+    return {
+        "attack_success_rate": success,
+        "model_accuracy": model_accuracy,
+        "clean_accuracy": accuracy_untargeted(clean_pred, y),
+    }
+
+
+def _single_class(target: torch.Tensor | None) -> int | None:
+    """The one class every example is aimed at, or None (untargeted, or targets differ)."""
+    if target is None or not bool((target == target[0]).all()):
+        return None
+    return int(target[0])
 
 def _get_one(cache: AdvCache, request: AdvRequest, progress: ProgressFn | None = None) -> AdvSet:
     """Module-level so ``functools.partial`` of it pickles for process/Ray map functions."""

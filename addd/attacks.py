@@ -30,18 +30,14 @@ import torch
 from torch import nn
 
 from addd import _advertorch, _autoattack, _foolbox
+from addd.attack_names import ADAPTIVE_ATTACK_NAMES, ATTACK_NAMES, DEFAULT_TARGET_CLASS
+from addd.errors import AdddError
+from addd.inference import frozen
 
 logger = logging.getLogger(__name__)
 
-ATTACK_NAMES: tuple[str, ...] = (
-    "PGDu", "PGDt", "CWu", "CWt", "DDNu", "DDNt", "LSu", "BAu", "STu", "STt", "AA_Linf", "AA_L2",
-)
-ADAPTIVE_ATTACK_NAMES: tuple[str, ...] = ("BPDA", "AA_Linf", "AA_L2")
-# paper C.2: "the goal of the targeted attack is to have all examples classified into class 3"
-DEFAULT_TARGET_CLASS = 3
 
-
-class AttackError(ValueError):
+class AttackError(AdddError):
     """Bad attack name, dataset, budget, parameter or input; the message says what to do."""
 
 
@@ -379,7 +375,7 @@ def run_adaptive_attack(
         _warn_if_training(defense)
     restore = _advertorch.bpda_identity(defense.restore) if name == "BPDA" else defense.restore
     pipeline = _Pipeline(restore, model)
-    with _frozen(defense) if is_module else contextlib.nullcontext():
+    with frozen(defense) if is_module else contextlib.nullcontext():
         return _run(name, pipeline, x, y, dataset=dataset, budget=budget, seed=seed, device=device,
                     overrides=overrides)
 
@@ -404,7 +400,7 @@ def _run(name, model, x, y, *, dataset, budget, seed, device, overrides) -> Atta
 
     start = time.perf_counter()
     chunks, counts = [], {}
-    with _frozen(model), _seeded(seed, device):
+    with frozen(model), _seeded(seed, device):
         for begin in range(0, len(x_in), params["batch_size"]):
             stop = begin + params["batch_size"]
             x_chunk, chunk_counts = spec.run(model, x_in[begin:stop], labels[begin:stop], params)
@@ -431,19 +427,6 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
         raise AttackError(f"x must lie in [0, 1], got [{float(x.min()):.3g}, {float(x.max()):.3g}]")
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (len(x),):
         raise AttackError(f"y must be an int64 tensor of {len(x)} labels, got {getattr(y, 'shape', y)}")
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    """No parameter gradients while attacking: the model's .grad fields stay as they were."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 @contextlib.contextmanager

@@ -11,8 +11,11 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
+from addd.attack_names import ATTACK_NAMES
+from addd.errors import AdddError
 
-class ConfigError(ValueError):
+
+class ConfigError(AdddError):
     """A configuration value is invalid; the message says which and what to do."""
 
 
@@ -109,8 +112,6 @@ class DefenseConfig:
     known_attacks: tuple[str, ...] = ("PGDu", "PGDt")  # attacks whose examples train the defense
 
     def __post_init__(self) -> None:
-        from addd.attacks import ATTACK_NAMES  # the one registry of attack names
-
         known = tuple(self.known_attacks)
         object.__setattr__(self, "known_attacks", known)
         _check(len(known) >= 1, "known_attacks must name at least one attack")

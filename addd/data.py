@@ -36,6 +36,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from addd.errors import AdddError
+
 logger = logging.getLogger(__name__)
 
 IMAGE_SIZE = 32
@@ -46,7 +48,7 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # the digits test set is fixed, whatever `seed` is
 
 
-class DataError(ValueError):
+class DataError(AdddError):
     """A dataset name, size or file is wrong or missing; the message says what to do."""
 
 

@@ -14,19 +14,20 @@ differentiable, for adaptive attacks).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from addd import losses
 from addd.config import DefenseConfig, from_flat_dict, to_flat_dict
+from addd.errors import AdddError
+from addd.inference import frozen
 from addd.networks import Encoder, Generator, ImageDiscriminator, LatentClassifier, PerturbationDiscriminator
 from addd.storage import StorageError, load_tensors, save_tensors
 
@@ -35,8 +36,8 @@ log = logging.getLogger(__name__)
 FORMAT = "addd-defense/1"
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A training loss became NaN or infinite; training stopped."""
+class NonFiniteLossError(AdddError):
+    """A training loss became NaN or infinite; training stopped (the message says what to lower)."""
 
 
 @dataclass(frozen=True)
@@ -50,20 +51,6 @@ class EpochReport:
 
 
 EpochCallback = Callable[[EpochReport, "ADDDefense"], "bool | None"]
-
-
-@contextlib.contextmanager
-def _frozen(*modules: nn.Module | None) -> Iterator[None]:
-    """Switch off parameter gradients of ``modules`` for the block (inputs still get them)."""
-    params = [p for m in modules if m is not None for p in m.parameters()]
-    previous = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(params, previous):
-            p.requires_grad_(flag)
 
 
 @dataclass(frozen=True)
@@ -202,7 +189,7 @@ class ADDDefense(nn.Module):
             sum(d_terms.values()).backward()
             optimizers.discriminators.step()
             values.update({name: v.item() for name, v in d_terms.items()})
-        with _frozen(self.perturbation_discriminator, self.image_discriminator):
+        with frozen(self.perturbation_discriminator, self.image_discriminator):
             terms = self.generator_side_losses(fwd, x_original, y)
             _check_finite(terms)
             optimizers.main.zero_grad(set_to_none=True)

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
+from addd.errors import AdddError
+from addd.inference import eval_mode, predict
 from addd.metrics import accuracy_targeted, accuracy_untargeted
 from addd.storage import sha256_tensor
 
@@ -42,7 +44,7 @@ logger = logging.getLogger(__name__)
 ADAPTIVE_COUNTERPART: dict[str, str] = {"BPDA": "PGDu", "AA_Linf": "AA_Linf", "AA_L2": "AA_L2"}
 
 
-class EvaluationError(ValueError):
+class EvaluationError(AdddError):
     """Inputs of an evaluation do not fit together; the message says what to fix."""
 
 
@@ -131,33 +133,6 @@ class AdaptiveReport:
         return pd.DataFrame([{c: getattr(row, c) for c in columns} for row in self.rows], columns=columns)
 
 
-@torch.no_grad()
-def predict(
-    model: nn.Module,
-    x: torch.Tensor,
-    *,
-    transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Predicted classes (N,) on CPU of ``model(transform(x))``, batched, in eval mode, no grad.
-
-    Batches go to the device of the model's parameters; the model's train/eval mode is restored.
-    """
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        preds = []
-        for start in range(0, len(x), batch_size):
-            batch = x[start : start + batch_size].to(device)
-            if transform is not None:
-                batch = transform(batch)
-            preds.append(model(batch).argmax(dim=1).cpu())
-    finally:
-        model.train(was_training)
-    return torch.cat(preds)
-
-
 def evaluate(
     defense: Defense,
     model: nn.Module,
@@ -188,7 +163,7 @@ def evaluate(
             f"holdout attacks {missing} have no adversarial set; generate them or fix the holdout list"
         )
     y = y.cpu()
-    with _eval_mode(defense):
+    with eval_mode(defense):
         restore = defense.restore
         clean = accuracy_untargeted(predict(model, x, batch_size=batch_size), y)
         reconstruction = accuracy_untargeted(predict(model, x, transform=restore, batch_size=batch_size), y)
@@ -276,7 +251,7 @@ def evaluate_adaptive(
     _check_sets(x, y, adv_sets)
     y = y.cpu()
     rows = []
-    with _eval_mode(defense):
+    with eval_mode(defense):
         for name in attacks:
             result = run_adaptive_attack(
                 name, model, defense, x, y, dataset=dataset, budget=budget, seed=seed, device=device
@@ -328,18 +303,3 @@ def _check_sets(x: torch.Tensor, y: torch.Tensor, adv_sets: Mapping[str, "AdvSet
             if adv.manifest.x_sha256 != x_sha256:
                 raise EvaluationError(f"the {name} set was generated from other images than x; pass the matching x")
 
-
-class _eval_mode:
-    """Put a defense that is an nn.Module in eval mode for the block, then restore its mode."""
-
-    def __init__(self, defense: Any) -> None:
-        self.module = defense if isinstance(defense, nn.Module) else None
-
-    def __enter__(self) -> None:
-        if self.module is not None:
-            self.was_training = self.module.training
-            self.module.eval()
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.module is not None:
-            self.module.train(self.was_training)

@@ -19,11 +19,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
+from addd.errors import AdddError
+
 METADATA_KEY = "addd"  # safetensors metadata is str -> str; ours is one JSON document
 
 
-class StorageError(RuntimeError):
-    """A stored file is missing, unreadable or not what it claims to be."""
+class StorageError(AdddError):
+    """A stored file is missing, unreadable or not what it claims to be; the message says what to do."""
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -55,13 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def train_defense(dataset, target_model, budget: float, epochs: int, cache_root: Path) -> ADDDefense:
+def train_defense(dataset, target_model, budget: float, epochs: int, cache_dir: Path) -> ADDDefense:
     """A small ADD-Defense, trained briefly on the known attacks' training sets (via a cache)."""
     train = dataset.train
     requests = [
         AdvRequest("digits", "train", train.x, train.y, target_model, attack, budget=budget) for attack in KNOWN
     ]
-    sets = AdvCache(cache_root).get_many(requests)
+    sets = AdvCache.under(cache_dir).get_many(requests)  # train split: other keys than the timed test sets
     config = DefenseConfig(
         network=NetworkConfig(width=0.125, channels=dataset.channels),
         train=TrainConfig(epochs=epochs, batch_size=64),
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         dataset = load_dataset("digits", n_train=args.n_train, n_test=args.n_test, seed=0)
         target = get_target_model(dataset, cache_dir=args.cache_dir or tmp / "models")
-        defense = train_defense(dataset, target.model, args.budget, args.defense_epochs, tmp / "train-sets")
+        defense = train_defense(dataset, target.model, args.budget, args.defense_epochs, tmp)
         x, y = dataset.test.x, dataset.test.y
         requests = [
             AdvRequest("digits", "test", x, y, target.model, attack, model_sha256=target.weights_sha256,
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             f"digits: {len(x)} test examples, {len(ATTACK_NAMES)} attacks, budget {args.budget}, "
             f"{args.evaluations} evaluations per side; target clean acc {target.clean_test_accuracy:.3f}"
         )
-        cache = AdvCache(tmp / "advcache")
+        cache = AdvCache.under(tmp)
         cached_times, regen_times, cached_worst, regen_worst = [], [], [], []
         for _ in range(args.evaluations):  # interleaved, so machine noise hits both sides alike
             start = time.perf_counter()

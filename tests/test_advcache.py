@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from addd.advcache import AdvCache, AdvCacheError, AdvRequest, AdvSet
+from addd.advcache import SUBDIR, AdvCache, AdvCacheError, AdvRequest, AdvSet
 from addd.metrics import accuracy_untargeted
 
 # ---- stand-ins: a tiny model, a seeded attack that counts its runs ------------------------
@@ -102,6 +102,26 @@ def test_manifest_records_generation(tmp_path):
     assert (m.attack, m.dataset, m.split, m.seed, m.chunk_size) == ("PGDu", "digits", "test", 0, 8)
     assert m.params == fake_params("PGDu", "digits") and m.library_versions == fake_versions()
     assert m.target_class is None and adv.target is None and m.seconds >= 0
+
+
+def test_manifest_of_a_targeted_set_records_its_class_and_success_rate(tmp_path):
+    adv = make_cache(tmp_path).get_or_create(make_request("PGDt"))
+    m, y = adv.manifest, tiny_data()[1]
+    assert m.target_class == 3 and torch.equal(adv.target, torch.full((20,), 3))
+    with torch.no_grad():
+        pred = tiny_model()(adv.x_adv).argmax(1)
+    attackable = y != 3
+    assert m.attack_success_rate == pytest.approx((pred == 3)[attackable].float().mean().item())
+
+
+def test_under_a_cache_dir_is_the_one_layout(tmp_path):
+    cache = AdvCache.under(tmp_path, chunk_size=4, lock_timeout=5)
+    assert SUBDIR == "advcache" and cache.root == tmp_path / "advcache"
+    assert (cache.chunk_size, cache.lock_timeout) == (4, 5)
+    assert AdvCache.under(str(tmp_path)).root == cache.root
+    adv = make_cache(AdvCache.under(tmp_path).root).get_or_create(make_request())
+    assert list((tmp_path / "advcache" / "digits" / "PGDu").glob("*/manifest.json"))
+    assert adv.manifest is not None
 
 
 # ---- corruption ---------------------------------------------------------------------------

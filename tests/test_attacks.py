@@ -365,6 +365,29 @@ def test_targeted_names():
     assert [n for n in ATTACK_NAMES if is_targeted(n)] == ["PGDt", "CWt", "DDNt", "STt"]
 
 
+def test_attack_names_are_one_registry_with_a_kind_per_attack():
+    from addd import attack_names
+
+    assert ATTACK_NAMES is attack_names.ATTACK_NAMES and set(attacks.ATTACKS) >= set(attack_names.ATTACK_NAMES)
+    assert set(attack_names.ATTACK_KINDS) == set(ATTACK_NAMES)
+    by_kind = {}
+    for name, kind in attack_names.ATTACK_KINDS.items():
+        by_kind.setdefault(kind, set()).add(name)
+    assert by_kind == {
+        "gradient": {"PGDu", "PGDt", "CWu", "CWt", "DDNu", "DDNt", "AA_Linf", "AA_L2"},
+        "decision": {"BAu"}, "score": {"LSu"}, "spatial": {"STu", "STt"},
+    }
+    assert attacks.ATTACKS["BAu"].library == "foolbox"  # the decision-based one is foolbox's boundary attack
+
+
+def test_attack_names_and_config_import_without_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, addd.attack_names, addd.config; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
 def test_unknown_names_list_valid_ones(model, examples):
     x, y = examples
     with pytest.raises(AttackError, match="PGDu.*AA_L2"):

@@ -15,9 +15,9 @@ from addd.evaluate import (
     evaluate,
     evaluate_adaptive,
     per_sample_accuracy,
-    predict,
     robust_masks,
 )
+from addd.inference import predict
 
 # The constructed case. Images are (1, 1, 4) one-hot "logits", the target model reads them as
 # they are (prediction = argmax), the defense swaps channels 1 and 2. An attack's set is given
@@ -214,13 +214,6 @@ def test_adaptive_eps_must_match_the_oblivious_set(tmp_path):
                           run_adaptive_attack=wider)
 
 
-def test_predict_batches_and_restores_model_mode():
-    model = nn.Sequential(nn.Flatten(), nn.Dropout(0.9)).train()
-    x = images([0, 1, 2, 3, 1])
-    assert torch.equal(predict(model, x, batch_size=2), torch.tensor([0, 1, 2, 3, 1]))  # dropout off
-    assert model.training
-
-
 def test_evaluate_a_real_add_defense_on_cached_sets(tmp_path):
     from addd.config import DefenseConfig, NetworkConfig
     from addd.defense import ADDDefense
@@ -241,3 +234,48 @@ def test_evaluate_a_real_add_defense_on_cached_sets(tmp_path):
     correct = undefended_pred == y
     num_r = int((correct & (y == 3)).sum())
     assert report.to_metrics()["acc.undefended.PGDt"] == pytest.approx((int(correct.sum()) - num_r) / (10 - num_r))
+
+
+# ---- no gradient history on any evaluation path -------------------------------------------
+
+
+def test_adaptive_predictions_run_the_defense_in_eval_mode_without_grad():
+    defense = SwapDefense().train()
+    evaluate_adaptive(
+        defense, nn.Flatten(), images(Y.tolist()), Y, dataset="digits", adv_sets=constructed_sets(),
+        run_adaptive_attack=fake_adaptive, batch_size=3,
+    )
+    # BPDA: its attacked set + the cached PGDu set; AA_Linf: its attacked set (no cached AA_Linf)
+    assert len(defense.calls) == 3 * 3 and all(call == (False, False) for call in defense.calls)
+    assert defense.training
+
+
+def _recording_restore(defense, outputs: list):
+    restore = defense.restore
+
+    def recorded(x: torch.Tensor) -> torch.Tensor:
+        outputs.append(restore(x))
+        return outputs[-1]
+
+    return recorded
+
+
+def test_add_defense_restore_leaves_no_grad_history_in_evaluation():
+    from addd.config import DefenseConfig, NetworkConfig
+    from addd.defense import ADDDefense
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand(5, 1, 32, 32, generator=generator), torch.randint(0, 10, (5,), generator=generator)
+    model = tiny_classifier()
+    defense = ADDDefense(DefenseConfig(network=NetworkConfig(width=0.125, channels=1))).eval()
+    assert defense.restore(x).grad_fn is not None  # outside no_grad it has history: the checks below bite
+
+    outputs: list[torch.Tensor] = []
+    predict(model, x.clone().requires_grad_(), transform=_recording_restore(defense, outputs), batch_size=2)
+    assert len(outputs) == 3
+
+    defense.restore = _recording_restore(defense, outputs)  # what evaluate() calls
+    adv = {"PGDu": AdvSet("PGDu", (x + 0.01).clamp(0, 1), y.clone(), None)}
+    evaluate(defense, model, x, y, adv, known_attacks=("PGDt",))
+    assert len(outputs) == 3 + 2  # reconstruction + PGDu, one batch each
+    assert all(not out.requires_grad and out.grad_fn is None for out in outputs)

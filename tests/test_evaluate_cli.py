@@ -21,6 +21,27 @@ def test_rejects_missing_checkpoint_and_unknown_attack(tmp_path, capsys):
     assert "valid: PGDu" in capsys.readouterr().err
 
 
+def test_reads_the_sweeps_adversarial_sets_under_the_cache_dir(tmp_path, monkeypatch, capsys):
+    """The sets live in AdvCache.under(cache_dir), where the sweep put them (not another folder)."""
+    from types import SimpleNamespace
+
+    from addd.advcache import AdvCache, AdvCacheError
+
+    path = ADDDefense(DefenseConfig(network=NetworkConfig(width=0.03125, channels=1))).save(tmp_path / "d.safetensors")
+    target = SimpleNamespace(model=torch.nn.Flatten(), weights_sha256="m0", path="t", clean_test_accuracy=1.0)
+    monkeypatch.setattr(cli, "get_target_model", lambda *args, **kwargs: target)
+    roots = []
+
+    def get_many(cache, requests, map_fn=None, progress=None):
+        roots.append(cache.root)
+        raise AdvCacheError("stop here; the location is all this test needs")
+
+    monkeypatch.setattr(AdvCache, "get_many", get_many)
+    code = cli.main(["--defense", str(path), "--n-test", "4", "--attacks", "PGDu", "--cache-dir", str(tmp_path / "c")])
+    assert roots == [AdvCache.under(tmp_path / "c").root]
+    assert code == 2 and "error: stop here" in capsys.readouterr().err  # one except catches addd errors
+
+
 @pytest.mark.slow
 def test_evaluates_a_saved_defense_on_digits(tmp_path):
     torch.manual_seed(0)
@@ -42,3 +63,4 @@ def test_evaluates_a_saved_defense_on_digits(tmp_path):
     assert metrics["acc.undefended.PGDu"] < metrics["acc.clean"]
     assert "acc.adaptive.BPDA" in result["adaptive"]
     assert (out / "oblivious.csv").read_text().startswith("attack,targeted,known")
+    assert list((tmp_path / "cache" / "advcache" / "digits" / "PGDu").glob("*/manifest.json"))  # AdvCache.under

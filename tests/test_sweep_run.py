@@ -52,7 +52,7 @@ def _test_sets(space, cache_dir: Path, data_root: Path):
                    budget=space.attack_budget, seed=0)
         for a in space.eval_attacks
     ]
-    return test, target, AdvCache(cache_dir / "advcache").get_many(requests)
+    return test, target, AdvCache.under(cache_dir).get_many(requests)
 
 
 def test_digits_smoke_sweep_is_readable_through_mlflow(tmp_path, cache_dir):

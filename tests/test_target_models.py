@@ -12,17 +12,14 @@ import torch
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 import addd
+import addd.architectures as arch
 import addd.target_models as tm
 from addd.data import Dataset, load_dataset
 from addd.storage import save_tensors
+from addd.architectures import DEFAULT_ARCH, TARGET_ARCHS, TargetModelError, arch_kwargs_for, build_target_model
 from addd.target_models import (
-    DEFAULT_ARCH,
-    TARGET_ARCHS,
-    TargetModelError,
     TargetTrainSettings,
     accuracy,
-    arch_kwargs_for,
-    build_target_model,
     get_target_model,
     load_target_model,
     target_model_key,
@@ -60,16 +57,16 @@ def test_every_registered_arch_takes_one_and_three_channels():
 
 def test_resnet_depth_is_a_parameter():
     def n_blocks(depth):
-        return sum(isinstance(m, tm._BasicBlock) for m in tm.CifarResNet(depth=depth).modules())
+        return sum(isinstance(m, arch._BasicBlock) for m in arch.CifarResNet(depth=depth).modules())
 
     assert n_blocks(20) == 9 and n_blocks(110) == 54  # (depth - 2) / 2 blocks
-    assert tm.CifarResNet(depth=110).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 10)
+    assert arch.CifarResNet(depth=110).eval()(torch.rand(1, 3, 32, 32)).shape == (1, 10)
     with pytest.raises(TargetModelError, match="6n \\+ 2"):
-        tm.CifarResNet(depth=21)
+        arch.CifarResNet(depth=21)
 
 
 def test_normalisation_is_inside_the_model():
-    model = tm.DigitsCNN().eval()
+    model = arch.DigitsCNN().eval()
     x = torch.rand(2, 1, 32, 32)  # images in [0, 1]; the model centres them itself
     torch.testing.assert_close(model(x), model.layers((x - 0.5) / 0.5))
     assert set(model.state_dict()) == {name for name, _ in model.named_parameters()}  # constants not stored
@@ -214,7 +211,7 @@ def test_load_target_model_rebuilds_in_eval_mode(tmp_path, small_digits):
     # svhn_cnn has dropout: outputs only repeat if loading really put it in eval mode.
     entry = get_target_model(small_digits, arch="svhn_cnn", arch_kwargs={"width": 4}, settings=TINY, cache_dir=tmp_path)
     model = load_target_model(entry.path)
-    assert isinstance(model, tm.SVHNCNN)
+    assert isinstance(model, arch.SVHNCNN)
     assert not any(module.training for module in model.modules())
     x = small_digits.test.x[:8]
     torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
@@ -246,9 +243,9 @@ def test_corrupted_weights_are_detected(tmp_path, small_digits):
 def test_weights_hash_matches_storage_recipe_and_covers_scalars():
     from addd.storage import sha256_state_dict
 
-    state = tm.DigitsCNN().state_dict()  # no 0-d tensors: storage's function works here
+    state = arch.DigitsCNN().state_dict()  # no 0-d tensors: storage's function works here
     assert tm.weights_sha256(state) == sha256_state_dict(state)
-    bn_state = tm.SVHNCNN(width=4).state_dict()  # batch norm: 0-d num_batches_tracked
+    bn_state = arch.SVHNCNN(width=4).state_dict()  # batch norm: 0-d num_batches_tracked
     changed = dict(bn_state)
     name = next(k for k in bn_state if k.endswith("num_batches_tracked"))
     changed[name] = bn_state[name] + 1
