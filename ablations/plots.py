@@ -51,3 +51,72 @@ def image_grid(rows: Mapping[str, "torch.Tensor"]) -> plt.Figure:  # noqa: F821
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def restored_grid(tensors: Mapping[str, "torch.Tensor"], attacks: list[str] | None = None) -> plt.Figure:  # noqa: F821
+    """Original / adversarial / restored images per attack with the target model's predicted labels.
+
+    ``tensors`` as saved by ``sweeps.trial.restored_examples``: ``x``, ``y``, ``pred.x`` and per
+    attack ``x_adv.<a>``, ``restored.<a>``, ``pred.x_adv.<a>``, ``pred.restored.<a>``. One row of
+    originals, then two rows per attack (adversarial, restored); a wrong prediction is in red.
+    """
+    names = attacks or [k[len("x_adv."):] for k in tensors if k.startswith("x_adv.")]
+    y = tensors["y"]
+    rows = [("original", tensors["x"], tensors["pred.x"])]
+    for a in names:
+        rows.append((f"{a}: adversarial", tensors[f"x_adv.{a}"], tensors[f"pred.x_adv.{a}"]))
+        rows.append((f"{a}: restored", tensors[f"restored.{a}"], tensors[f"pred.restored.{a}"]))
+    n = len(y)
+    figure, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 2.2, 1.15 * len(rows)), squeeze=False)
+    for r, (label, images, preds) in enumerate(rows):
+        images = images.detach().cpu().clamp(0, 1)
+        for c in range(n):
+            ax = axes[r][c]
+            image = images[c].permute(1, 2, 0).numpy()
+            grey = image.shape[-1] == 1
+            ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            pred = int(preds[c])
+            ax.set_title(f"{pred}", fontsize=7, color="black" if pred == int(y[c]) else "red", pad=1)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
+    figure.suptitle("predicted label above each image (red: wrong); true labels: " + " ".join(str(int(v)) for v in y),
+                    fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def robustness_curves(curves: Mapping[str, pd.DataFrame], title: str) -> plt.Figure:
+    """Accuracy against L-inf eps, one panel per defense: the undefended model under white-box PGD,
+    the defended pipeline under oblivious PGD and under adaptive PGD (mean over seeds, band = min..max).
+
+    ``curves``: label -> long frame with columns eps, undefended_whitebox, defended_oblivious,
+    defended_adaptive (several seeds may repeat each eps)."""
+    styles = {"undefended_whitebox": ("undefended, white-box PGD", "tab:gray", "--"),
+              "defended_oblivious": ("defended, oblivious PGD (on M_t)", "tab:blue", "-"),
+              "defended_adaptive": ("defended, adaptive PGD (on M_t∘G∘E)", "tab:red", "-")}
+    labels = list(curves)
+    cols = min(4, max(1, len(labels)))
+    rows = (len(labels) + cols - 1) // cols
+    figure, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows + 0.6), squeeze=False, sharey=True)
+    for i, label in enumerate(labels):
+        ax = axes[i // cols][i % cols]
+        frame = curves[label].groupby("eps")
+        for column, (text, colour, line) in styles.items():
+            if column not in curves[label]:
+                continue
+            mean, low, high = frame[column].mean(), frame[column].min(), frame[column].max()
+            ax.plot(mean.index, mean.values, line, color=colour, marker="o", markersize=3, label=text)
+            ax.fill_between(mean.index, low.values, high.values, color=colour, alpha=0.15)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("L-inf ε")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for j in range(len(labels), rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    axes[0][0].set_ylabel("accuracy")
+    handles, texts = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, texts, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout(rect=(0, 0.08, 1, 0.95))
+    return figure

@@ -58,9 +58,20 @@ def _markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:
-    """Write test/search tables (CSV + Markdown) and the Fig-12 plot into ``out_dir``; return the paths."""
-    from ablations.plots import ablation_bars, plt
+def curve_frames(curves_dir: Path | None) -> dict[str, pd.DataFrame]:
+    """variant -> its final seeds' robustness curves (curves/<variant>-seed<k>.csv), stacked."""
+    frames: dict[str, list[pd.DataFrame]] = {}
+    for path in sorted(Path(curves_dir).glob("*-seed*.csv")) if curves_dir and Path(curves_dir).exists() else []:
+        variant, _, seed = path.stem.rpartition("-seed")
+        frames.setdefault(variant, []).append(pd.read_csv(path).assign(seed=int(seed)))
+    return {v: pd.concat(f, ignore_index=True) for v, f in frames.items()}
+
+
+def build_report(summary: Mapping[str, Any], out_dir: Path, curves_dir: Path | None = None,
+                 best_dir: Path | None = None) -> list[Path]:
+    """Write test/search tables (CSV + Markdown), the Fig-12 plot, the robustness curves and the
+    restored images of the best defense into ``out_dir``; return the paths."""
+    from ablations.plots import ablation_bars, plt, restored_grid, robustness_curves
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tests, searches = accuracy_table(summary), search_table(summary)
@@ -71,16 +82,48 @@ def build_report(summary: Mapping[str, Any], out_dir: Path) -> list[Path]:
     tests.to_csv(paths[0], index=False)
     searches.to_csv(paths[1], index=False)
     title = f"{summary['space']}{' (smoke)' if summary.get('smoke') else ''}"
+    adaptive = adaptive_table(summary)
     paths[2].write_text(
-        f"# Ablation report: {title}\n\nTest accuracy of M_t(G(E(x))), mean ± std over seeds "
-        f"(defended; targeted attacks use Acc_t):\n\n{_markdown(wide.reset_index())}\n"
+        f"# Ablation report: {title}\n\nTest accuracy, mean ± std over seeds. Rows `acc.defended` are "
+        f"**oblivious** (x_adv computed on M_t alone, then M_t(G(E(x_adv)))); targeted attacks use Acc_t:\n\n"
+        f"{_markdown(wide.reset_index())}\n"
+        f"**Adaptive** (attacks on the whole pipeline M_t(G(E(.))), same ε as the oblivious PGD):\n\n"
+        f"{_markdown(adaptive) if len(adaptive) else 'not computed'}\n\n"
         f"Search (objective: {summary['objective']}):\n\n{_markdown(searches)}"
     )
     per_attack = tests[~tests["attack"].isin(["clean", "reconstruction", "worst unknown", "worst unknown (per sample)", "worst holdout"])]
     figure = ablation_bars(per_attack, f"Ablation (Fig 12 style): {title}")
     figure.savefig(paths[3], dpi=100)
     plt.close(figure)
+    curves = curve_frames(curves_dir)
+    if curves:
+        pd.concat([f.assign(defense=v) for v, f in curves.items()]).to_csv(out_dir / "robustness_curves.csv", index=False)
+        figure = robustness_curves(curves, f"Robustness curves (L-inf, test split): {title}")
+        figure.savefig(out_dir / "robustness_curves.png", dpi=100)
+        plt.close(figure)
+        paths += [out_dir / "robustness_curves.csv", out_dir / "robustness_curves.png"]
+    best = summary.get("best")
+    if best and curves_dir:
+        images = Path(curves_dir) / f"{best['variant']}-seed{best['seed']}.images.safetensors"
+        if images.exists():
+            from addd.storage import load_tensors
+
+            tensors, _ = load_tensors(images)
+            figure = restored_grid(tensors)
+            figure.savefig(out_dir / "restored.png", dpi=100)
+            plt.close(figure)
+            paths.append(out_dir / "restored.png")
     return paths
+
+
+def adaptive_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """variant, attack (adaptive), mean, std, n_seeds."""
+    rows = []
+    for variant, entry in summary["variants"].items():
+        for name, stats in entry.get("adaptive", {}).items():
+            rows.append({"variant": variant, "attack": name, "mean": stats["mean"], "std": stats["std"],
+                         "n_seeds": stats.get("n")})
+    return pd.DataFrame(rows, columns=["variant", "attack", "mean", "std", "n_seeds"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,11 @@
-"""The one place that talks to Optuna: the seeded TPE searcher (through Ray's OptunaSearch), its
-RDB study, and the study plots for the report. Open the study with
+"""The one place that talks to Optuna: the seeded TPE searcher (ask-and-tell), its RDB study,
+and the study plots for the report. Open the study with
 ``optuna-dashboard sqlite:///<run folder>/optuna.db``."""
 
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Mapping
@@ -12,10 +13,6 @@ from typing import Any, Mapping
 from sweeps.spaces import Choice, Domain, LogUniform, Uniform
 
 log = logging.getLogger(__name__)
-
-
-def storage_url(path: Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
 
 
 def _distribution(domain: Domain):
@@ -44,43 +41,81 @@ def _centre(domain: Domain):
     return (domain.low + domain.high) / 2
 
 
-def make_searcher(
-    *,
-    url: str,
-    study_name: str,
-    search: Mapping[str, Domain],
-    metric: str,
-    seed: int,
-    startup_trials: int,
-    first_point: Mapping[str, Any] | None = None,
-):
-    """Ray's OptunaSearch with a seeded TPE sampler and the study stored at ``url`` (an RDB URL).
+class TpeSearcher:
+    """One variant's search: Optuna's seeded TPE through the ask-and-tell API, the study in an RDB.
 
-    ``first_point`` (e.g. the paper's weights) is tried first; keys it lacks, or whose value is
-    outside the range, take the range's centre (geometric for log ranges).
+    Duck-typed for :class:`sweeps.schedule.SweepSchedule`: ``suggest(trial_id) -> params``,
+    ``on_trial_result(trial_id, objective, step)`` (an intermediate value per epoch) and
+    ``on_trial_complete(trial_id, objective, state)`` with state ``"complete"``, ``"pruned"``
+    (stopped early by ASHA: its partial-training value is an intermediate value, not a result)
+    or ``"failed"``. Pickled with the schedule (Ray's searcher state); the study is reopened from
+    its storage URL after unpickling, so a resumed sweep continues the same study.
     """
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
-    space = {key: _distribution(dom) for key, dom in search.items()}
-    point = None
-    if first_point is not None:
-        given = {k: v for k, v in first_point.items() if k in space and _inside(search[k], v)}
-        point = {k: given.get(k, _centre(dom)) for k, dom in search.items()}
-    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
-    return OptunaSearch(
-        space=space,
-        metric=metric,
-        mode="max",
-        sampler=sampler,
-        study_name=study_name,
-        storage=optuna.storages.RDBStorage(url),
-        points_to_evaluate=[point] if point else None,
-    )
+    def __init__(self, *, url: str, study_name: str, search: Mapping[str, Domain], seed: int, startup_trials: int,
+                 first_point: Mapping[str, Any] | None = None):
+        self.url, self.study_name, self.seed, self.startup_trials = url, study_name, seed, startup_trials
+        self.search = dict(search)
+        self._trials: dict[str, int] = {}  # Ray trial id -> Optuna storage trial id
+        study = self._open()
+        if first_point is not None and not study.trials:  # a new study: try the paper's point first
+            given = {k: v for k, v in first_point.items() if k in search and _inside(search[k], v)}
+            study.enqueue_trial({k: given.get(k, _centre(dom)) for k, dom in search.items()})
+
+    def _open(self):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        if getattr(self, "_study", None) is None:
+            sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.startup_trials)
+            self._study = optuna.create_study(study_name=self.study_name, storage=self.url, sampler=sampler,
+                                              direction="maximize", load_if_exists=True)
+            self._live: dict[str, Any] = {}
+        return self._study
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_study", "_live")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._study = None
+
+    def _trial(self, trial_id: str):
+        import optuna
+
+        study = self._open()
+        if trial_id not in self._live:
+            self._live[trial_id] = optuna.trial.Trial(study, self._trials[trial_id])
+        return self._live[trial_id]
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        study = self._open()
+        trial = study.ask({key: _distribution(dom) for key, dom in self.search.items()})
+        self._trials[trial_id], self._live[trial_id] = trial._trial_id, trial  # noqa: SLF001 (storage id)
+        return dict(trial.params)
+
+    def on_trial_result(self, trial_id: str, objective: float, step: int) -> None:
+        if trial_id in self._trials and math.isfinite(objective):
+            self._trial(trial_id).report(objective, step)
+
+    def on_trial_complete(self, trial_id: str, objective: float | None, state: str) -> None:
+        from optuna.trial import TrialState
+
+        if trial_id not in self._trials:
+            return
+        study = self._open()
+        trial = self._trial(trial_id)
+        if state == "complete" and objective is not None and math.isfinite(objective):
+            study.tell(trial, objective, skip_if_finished=True)
+        else:
+            study.tell(trial, state=TrialState.PRUNED if state == "pruned" else TrialState.FAIL, skip_if_finished=True)
+        self._live.pop(trial_id, None)
 
 
-def save_study_plots(url: str, study_name: str, out_dir: Path) -> list[Path]:
-    """Optimisation history and parameter importances as PNGs (importances need >= 2 finished trials)."""
+def save_study_plots(url: str, study_name: str, out_dir: Path, variant: str) -> list[Path]:
+    """Optimisation history and parameter importances as PNGs, titled by variant. Both use the
+    COMPLETE trials only: a trial ASHA stopped early is PRUNED and teaches the searcher nothing
+    final (importances need >= 2 complete trials)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,6 +125,8 @@ def save_study_plots(url: str, study_name: str, out_dir: Path) -> list[Path]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_name, storage=url)
+    states = [t.state.name for t in study.trials]
+    counts = f"{states.count('COMPLETE')} complete; {states.count('PRUNED')} stopped early, not shown"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for label, plot in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances)):
@@ -98,6 +135,7 @@ def save_study_plots(url: str, study_name: str, out_dir: Path) -> list[Path]:
             with warnings.catch_warnings():  # "experimental" and few-trials notices: not the user's concern
                 warnings.simplefilter("ignore")
                 ax = plot(study)
+            ax.set_title(f"{variant}: {'optimisation history' if label == 'history' else 'parameter importances'} ({counts})")
             ax.figure.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(ax.figure)
             written.append(path)

@@ -1,7 +1,9 @@
 """The one place that talks to Ray (Ray 2.x: ``tune.report(dict, checkpoint=)``, ``tune.RunConfig``).
 
-Everything Ray returns is turned into plain :class:`TrialOutcome` objects here, so the driver,
-the summary and the tests never touch Ray's classes.
+Everything Ray returns is turned into plain :class:`sweeps.trialspec.TrialOutcome` objects here,
+so the driver, the summary and the tests never touch Ray's classes. What a trial config means
+(phase, variant) is not known here: the driver passes a ``group_of(config)`` function to the
+per-group ASHA.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from sweeps.schedule import FINISHED, SweepSchedule
+from sweeps.trialspec import TrialOutcome
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +50,26 @@ def report(metrics: dict[str, float], checkpoint_dir: str | None = None) -> None
 
 
 # ----------------------------------------------------------------------------- the cluster
+LOOPBACK = "127.0.0.1"
+
+
 def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
-    """Join ``address`` (``auto`` under ``ray submit``) or start a local Ray. Returns its resources."""
+    """Join ``address`` (``auto`` under ``ray submit``) or start a local Ray. Returns its resources.
+
+    A local Ray listens on 127.0.0.1 only (GCS, raylet, object manager, workers): it runs with
+    token authentication off, so nothing beyond this machine may reach it. Ray needs both the
+    node address and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set before it starts.
+    """
     if ray.is_initialized():
         return ray.cluster_resources()
     # Every epoch's checkpoint forces an experiment snapshot (num_to_keep=1): cheap here, not a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster, loopback only
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
+                 _node_ip_address=LOOPBACK)
     else:
         ray.init(address=address, logging_level=logging.WARNING)
     return ray.cluster_resources()
@@ -83,19 +97,37 @@ def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
 
+def nodes_without(path: Path) -> list[str]:
+    """Addresses of the alive nodes on which ``path`` (a file the driver wrote) is not visible:
+    a cache folder that is not shared storage would make each node regenerate, or lose, sets."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return []
+    probe = ray.remote(num_cpus=0)(os.path.exists)
+    refs = {
+        n["NodeManagerAddress"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+        ).remote(str(path))
+        for n in nodes
+    }
+    return [address for address, ref in refs.items() if not ray.get(ref, timeout=120)]
+
+
 # ----------------------------------------------------------------------------- tuning
 class TrialListener(Protocol):
     """Driver-side hooks (the MLflow recorder implements them); called in the driver process."""
 
     def started(self, trial_id: str, config: dict[str, Any]) -> None: ...
     def result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None: ...
-    def completed(self, trial_id: str, config: dict[str, Any], result: dict[str, Any], checkpoint: "CheckpointRef | None") -> None: ...
+    def completed(self, trial_id: str, config: dict[str, Any], result: dict[str, Any], checkpoint: Any) -> None: ...
     def errored(self, trial_id: str, config: dict[str, Any]) -> None: ...
 
 
 @dataclass
-class CheckpointRef:
-    """A trial's last checkpoint, readable on the driver wherever Ray stored it."""
+class _RayCheckpoint:
+    """A trial's last checkpoint (a :class:`sweeps.trialspec.CheckpointRef`) wherever Ray stored it."""
 
     _checkpoint: Any = field(repr=False)
 
@@ -107,17 +139,6 @@ class CheckpointRef:
     def copy_to(self, dest: Path) -> Path:
         dest.mkdir(parents=True, exist_ok=True)
         return Path(self._checkpoint.to_directory(str(dest)))
-
-
-@dataclass
-class TrialOutcome:
-    """One trial after tuning: its config, last reported metrics, checkpoint and status."""
-
-    trial_id: str
-    config: dict[str, Any]
-    metrics: dict[str, Any]
-    checkpoint: CheckpointRef | None
-    error: str | None
 
 
 # Ray pickles the callbacks into the experiment (tuner.pkl) and unpickles them on restore: the
@@ -145,11 +166,11 @@ class _Forward(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         if listener := self._listener():
             ckpt = trial.checkpoint
-            listener.completed(trial.trial_id, trial.config, dict(trial.last_result or {}), CheckpointRef(ckpt) if ckpt else None)
+            listener.completed(trial.trial_id, trial.config, dict(trial.last_result or {}), _RayCheckpoint(ckpt) if ckpt else None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if listener := self._listener():
-            listener.errored(trial.trial_id, trial.config)
+            listener.errored(trial.trial_id, trial.config, _last_line(str(trial.get_error() or "")))
 
 
 class _ScheduleSearcher(Searcher):
@@ -182,35 +203,43 @@ class _ScheduleSearcher(Searcher):
             self.schedule = pickle.load(fh)
 
 
-class _VariantASHA(FIFOScheduler):
-    """One ASHA per variant (a variant's trials compete only with each other); final trials run to the end."""
+class _GroupedASHA(FIFOScheduler):
+    """One ASHA per group: a trial competes only with its own group; a trial whose group is None
+    (``group_of(config)``, a picklable module-level function) runs to its end. Each ASHA is
+    told only about the trials it was given (its own record, not Ray's private state)."""
 
-    def __init__(self, variants: Sequence[str], metric: str, asha: dict[str, int]):
+    def __init__(self, groups: Sequence[str], group_of: Callable[[dict], str | None], metric: str, asha: dict[str, int]):
         super().__init__()
-        self._asha = {v: ASHAScheduler(time_attr="training_iteration", metric=metric, mode="max", **asha) for v in variants}
+        self._group_of = group_of
+        self._asha = {g: ASHAScheduler(time_attr="training_iteration", metric=metric, mode="max", **asha) for g in groups}
+        self._given: dict[str, str] = {}  # trial_id -> group whose ASHA knows it
 
     def _of(self, trial) -> ASHAScheduler | None:
-        config = trial.config
-        return self._asha.get(config.get("variant")) if config.get("phase") == "search" else None
+        group = self._given.get(trial.trial_id)
+        return self._asha[group] if group is not None else None
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return True
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        if asha := self._of(trial):
-            asha.on_trial_add(tune_controller, trial)
+        group = self._group_of(trial.config)
+        if group in self._asha:
+            self._given[trial.trial_id] = group
+            self._asha[group].on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial, result) -> str:
         asha = self._of(trial)
         return asha.on_trial_result(tune_controller, trial, result) if asha else TrialScheduler.CONTINUE
 
     def on_trial_complete(self, tune_controller, trial, result) -> None:
-        if (asha := self._of(trial)) and trial.trial_id in asha._trial_info:  # noqa: SLF001
+        if asha := self._of(trial):
             asha.on_trial_complete(tune_controller, trial, result)
+            del self._given[trial.trial_id]
 
     def on_trial_remove(self, tune_controller, trial) -> None:
-        if (asha := self._of(trial)) and trial.trial_id in asha._trial_info:  # noqa: SLF001
+        if asha := self._of(trial):
             asha.on_trial_remove(tune_controller, trial)
+            del self._given[trial.trial_id]
 
 
 @dataclass(frozen=True)
@@ -220,6 +249,7 @@ class TuneJob:
     name: str
     storage_path: str
     make_schedule: Callable[[], SweepSchedule]  # called only for a new run: a restored one has its own
+    group_of: Callable[[dict], str | None]  # ASHA group of a trial config (None: never stopped early)
     max_concurrent: int
     cpus_per_trial: float
     gpus_per_trial: float
@@ -241,12 +271,11 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
         tuner = tune.Tuner.restore(path, trainable=fn, resume_unfinished=True, resume_errored=True)
     else:
         schedule = job.make_schedule()
-        variants = [v.variant for v in schedule.variants]
         tuner = tune.Tuner(
             fn,
             tune_config=tune.TuneConfig(
                 search_alg=_ScheduleSearcher(schedule),
-                scheduler=_VariantASHA(variants, schedule.metric, job.asha),
+                scheduler=_GroupedASHA([v.variant for v in schedule.variants], job.group_of, schedule.metric, job.asha),
                 num_samples=schedule.total_trials,
                 max_concurrent_trials=job.max_concurrent,
                 reuse_actors=True,
@@ -270,11 +299,17 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
                 trial_id=metrics.get("trial_id", Path(result.path).name),
                 config=dict(result.config or {}),
                 metrics=metrics,
-                checkpoint=CheckpointRef(result.checkpoint) if result.checkpoint else None,
-                error=str(result.error) if result.error else None,
+                checkpoint=_RayCheckpoint(result.checkpoint) if result.checkpoint else None,
+                error=_last_line(str(result.error)) if result.error else None,
             )
         )
     return outcomes
+
+
+def _last_line(message: str | None) -> str | None:
+    """The exception line of a Ray error message (its traceback stays in the Ray logs)."""
+    lines = [line for line in (message or "").strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else None
 
 
 def _join(storage_path: str, name: str) -> str:

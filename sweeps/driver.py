@@ -1,7 +1,12 @@
-"""The sweep's driver: prepare data and attacks once, search each variant, re-run the best over
-seeds, write ``summary.json`` and the report, and record everything in MLflow.
+"""The sweep's driver: prepare → search → publish.
 
-``run.py`` parses the command line into a :class:`Plan`; :func:`run_sweep` executes it.
+1. prepare: the dataset, the run folder's state, Ray, the target model and every oblivious
+   adversarial set (once, through the shared cache), the MLflow parent run;
+2. search: one Tuner runs every variant's search and its seed re-runs (``sweeps.schedule``);
+   finals attack their defense adaptively and draw its robustness curve;
+3. publish: ``summary.json`` (always written), the best defense, the report, MLflow.
+
+``run.py`` builds the :class:`sweeps.plan.Plan`; :func:`run_sweep` executes it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sweeps.spaces import Space
+from sweeps.plan import Plan, SweepError
 
 log = logging.getLogger(__name__)
 
@@ -24,100 +29,6 @@ STATE_FILE = "sweep.json"
 EVENTS_FILE = "events.jsonl"
 TIMINGS_FILE = "timings.json"
 BEST_DIR = "best_defense"
-
-
-class SweepError(ValueError):
-    """The sweep cannot start or continue as asked; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything a sweep run needs, resolved from the space and the command line."""
-
-    space: Space
-    smoke: bool
-    run_dir: Path  # local: sweep.json, summary.json, optuna.db, mlflow.db, report/
-    storage_path: str  # Ray results (local folder or a URI such as s3://...)
-    tracking_uri: str
-    data_root: Path
-    cache_dir: Path  # target models and adversarial sets (shared storage on a cluster)
-    address: str | None
-    seeds: int
-    num_samples: int
-    max_concurrent: int | None  # None: as many as the cluster's CPUs/GPUs allow
-    cpus_per_trial: float
-    gpus_per_trial: float
-    seed: int = 0
-    resume: bool = False
-    num_cpus: int | None = None  # local Ray only
-    download: bool = False  # fetch a missing dataset (torchvision's downloaders)
-
-    @property
-    def optuna_url(self) -> str:
-        return f"sqlite:///{(self.run_dir / 'optuna.db').resolve()}"
-
-    @property
-    def artifact_location(self) -> str | None:
-        return (self.run_dir / "mlartifacts").resolve().as_uri() if self.tracking_uri.startswith("sqlite:") else None
-
-    @property
-    def device(self) -> str:
-        return "cuda" if self.gpus_per_trial > 0 else "cpu"
-
-    def study_name(self, variant: str) -> str:
-        return f"{self.space.name}{'-smoke' if self.smoke else ''}-{variant}"
-
-    def describe(self) -> dict[str, Any]:
-        """The resolved plan as JSON-friendly data (printed by --dry-run, logged on the parent run)."""
-        s = self.space
-        base = s.base_config()
-        unknown = {
-            "+".join(pair): [a for a in s.eval_attacks if a not in pair] for pair in s.known_attack_choices()
-        }
-        return {
-            "space": s.name,
-            "smoke": self.smoke,
-            "description": s.description,
-            "dataset": s.dataset,
-            "data_root": str(self.data_root),
-            "splits": {"n_train": s.n_train, "n_val": s.n_val, "n_test": s.n_test},
-            "target_arch": s.target_arch or "default for the dataset",
-            "attacks": {
-                "budget": s.attack_budget,
-                "train_split": list(s.train_attacks()),
-                "val_and_test_splits": list(s.eval_attacks),
-                "holdout": list(s.holdout_attacks),
-                "unknown_per_known_choice": unknown,
-            },
-            "base_config": {k: v for k, v in _flat(base).items()} | {"train.device": self.device},
-            "search": {
-                v: {k: d.describe() for k, d in s.variant_search(v).items()} for v in s.variants
-            },
-            "objective": "val worst-case unknown-attack accuracy (max)",
-            "variants": list(s.variants),
-            "trials_per_variant": self.num_samples,
-            "tpe_startup_trials": min(s.startup_trials, self.num_samples),
-            "asha": {"max_t": base.train.epochs, "grace_period": s.grace_period, "reduction_factor": s.reduction_factor},
-            "seeds": self.seeds,
-            "total_trials": len(s.variants) * (self.num_samples + self.seeds),
-            "resources": {
-                "cpus_per_trial": self.cpus_per_trial,
-                "gpus_per_trial": self.gpus_per_trial,
-                "max_concurrent": self.max_concurrent or "cluster CPUs / cpus_per_trial",
-                "address": self.address or "local Ray",
-            },
-            "run_dir": str(self.run_dir),
-            "storage_path": self.storage_path,
-            "tracking_uri": self.tracking_uri,
-            "optuna_storage": self.optuna_url,
-            "cache_dir": str(self.cache_dir),
-        }
-
-
-def _flat(config) -> dict[str, Any]:
-    from addd.config import to_flat_dict
-
-    return to_flat_dict(config)
 
 
 # ----------------------------------------------------------------------------- state
@@ -138,13 +49,19 @@ class SweepState:
                 raise SweepError(
                     f"{plan.run_dir} already holds a sweep; pass --resume to continue it or choose another --run-dir"
                 )
-            state = cls(**json.loads(path.read_text()))
+            try:
+                state = cls(**json.loads(path.read_text()))
+            except (OSError, ValueError, TypeError) as exc:
+                raise SweepError(f"{path} is not a sweep's state file ({exc}); choose another --run-dir") from None
             if (state.space, state.smoke) != (plan.space.name, plan.smoke):
                 raise SweepError(
                     f"{plan.run_dir} holds a sweep of space {state.space!r} (smoke={state.smoke}), not "
                     f"{plan.space.name!r} (smoke={plan.smoke}); pick the matching --space/--smoke or another --run-dir"
                 )
             return state
+        if plan.resume:
+            raise SweepError(f"nothing to resume in {plan.run_dir} (no {STATE_FILE}); drop --resume to start a new sweep "
+                             f"or pass the --run-dir of an interrupted one")
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         state = cls(space=plan.space.name, smoke=plan.smoke)
         state.save(plan.run_dir)
@@ -156,38 +73,72 @@ class SweepState:
         atomic_write_bytes(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=1).encode())
 
 
-# ----------------------------------------------------------------------------- preparation
-def _log_progress(attack: str, done: int, total: int) -> None:  # runs in Ray tasks
-    logging.getLogger("sweeps.attacks").info("%s: %d/%d examples", attack, done, total)
+@dataclass
+class Prepared:
+    """What the search and the publication share."""
+
+    state: SweepState
+    dataset: Any
+    target: Any
+    ctx: Any  # sweeps.trial.TrialContext
+    tracker: Any  # sweeps._mlflow.Tracker
+    slots: int
+    code_version: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def parent(self) -> str:
+        return self.state.parent_run_id
 
 
+# ----------------------------------------------------------------------------- prepare
 def load_data(plan: Plan):
     """The space's dataset with its splits (first thing a sweep does: a wrong --data-root fails fast)."""
     from addd.data import load_dataset
 
-    s = plan.space
-    return load_dataset(s.dataset, plan.data_root, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test, seed=0,
-                        download=plan.download)
+    s, sizes = plan.space, plan.space.split_sizes()
+    return load_dataset(s.dataset, plan.data_root, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test,
+                        seed=sizes["split_seed"], download=plan.download)
 
 
-def prepare(plan: Plan, dataset, events_path: Path | None):
-    """Get the target model and build every adversarial set through the cache (in parallel Ray
-    tasks). Returns (TrialContext, target model)."""
+def _log_progress(attack: str, done: int, total: int) -> None:  # runs in Ray tasks
+    logging.getLogger("sweeps.attacks").info("%s: %d/%d examples", attack, done, total)
+
+
+def _check_shared_cache(plan: Plan) -> None:
+    """On a multi-node cluster every node writes adversarial sets into --cache-dir: it must be one
+    shared folder, or sets are regenerated per node and lost to the driver."""
+    from sweeps import _ray
+
+    plan.cache_dir.mkdir(parents=True, exist_ok=True)
+    marker = plan.cache_dir / f".visible-{time.time_ns()}"
+    marker.write_text("written by the sweep's driver\n")
+    try:
+        missing = _ray.nodes_without(marker)
+    finally:
+        marker.unlink(missing_ok=True)
+    if missing:
+        raise SweepError(f"--cache-dir {plan.cache_dir} is not visible on node(s) {', '.join(missing)}; "
+                         f"put it on storage every node mounts at the same path (NFS, EFS, ...)")
+
+
+def build_sets(plan: Plan, dataset, task_gpus: float):
+    """The target model and every adversarial set of the plan, through the shared cache (parallel
+    Ray tasks). Returns (target model entry, {split: SplitSets})."""
     import torch
 
     from addd.advcache import AdvCache, AdvRequest
     from addd.target_models import get_target_model
     from sweeps import _ray
-    from sweeps.trial import SplitSets, TrialContext
+    from sweeps.trial import SplitSets
 
     s = plan.space
     target = get_target_model(dataset, arch=s.target_arch, cache_dir=plan.cache_dir,
                               device="cuda" if torch.cuda.is_available() else "cpu")
     target.model.cpu()  # trials and attack tasks move it to their own device
-    cache = AdvCache(plan.cache_dir / "advcache")
-    task_gpus = 1.0 if plan.device == "cuda" else 0.0  # attacks on GPU workers when trials use GPUs
+    cache = AdvCache.under(plan.cache_dir)
     splits = {}
-    for split, attacks in (("train", s.train_attacks()), ("val", s.eval_attacks), ("test", s.eval_attacks)):
+    for split, attacks in (("train", s.train_attacks()), ("val", s.attacks), ("test", s.attacks)):
         data = getattr(dataset, split)
         requests = [
             AdvRequest(s.dataset, split, data.x, data.y, target.model, attack, model_sha256=target.weights_sha256,
@@ -198,6 +149,23 @@ def prepare(plan: Plan, dataset, events_path: Path | None):
             fn, items, label=f"adversarial sets ({split})", num_gpus=task_gpus
         )
         splits[split] = SplitSets(data.x, data.y, cache.get_many(requests, map_fn=map_fn, progress=_log_progress))
+    return target, splits
+
+
+def prepare(plan: Plan) -> Prepared:
+    from sweeps import _mlflow, _ray
+    from sweeps.trial import Finalists, TrialContext
+
+    t0 = time.perf_counter()
+    code_version = _code_version()
+    dataset = load_data(plan)
+    tracker = _mlflow.Tracker(plan.tracking_uri, plan.experiment, plan.artifact_location)  # fails fast if unreachable
+    state = SweepState.open(plan)
+    resources = _ray.init(plan.address, plan.num_cpus)
+    if plan.address is not None:
+        _check_shared_cache(plan)
+    target, splits = build_sets(plan, dataset, task_gpus=1.0 if plan.device == "cuda" else 0.0)
+    s = plan.space
     ctx = TrialContext(
         train=splits["train"],
         val=splits["val"],
@@ -205,117 +173,22 @@ def prepare(plan: Plan, dataset, events_path: Path | None):
         target_model=target.model,
         holdout_attacks=tuple(s.holdout_attacks),
         threads=max(1, int(plan.cpus_per_trial)),
-        events_path=str(events_path) if events_path else None,
+        events_path=str(plan.run_dir / EVENTS_FILE) if plan.address is None else None,
+        finalists=Finalists(dataset=s.dataset, n=s.adaptive_n, steps=s.adaptive_steps, autoattack=s.adaptive_autoattack,
+                            curve_points=s.curve_points, budget=s.attack_budget),
+        grid_examples=s.grid_examples,
     )
-    return ctx, target
-
-
-# ----------------------------------------------------------------------------- MLflow recorder
-class Recorder:
-    """Driver-side trial hooks: one MLflow child run per trial, nested under the sweep's run."""
-
-    _LOGGED_PREFIXES = ("loss/", "val/", "test/")
-    _LOGGED_KEYS = ("objective", "epoch_seconds", "eval_seconds")
-
-    def __init__(self, tracker, parent_id: str, ctx, grid_examples: int):
-        self.tracker, self.parent_id, self.ctx, self.grid_examples = tracker, parent_id, ctx, grid_examples
-        self.runs: dict[str, str] = {}
-        self.done = 0  # trials completed in this driver process
-
-    def _run(self, trial_id: str, config: dict[str, Any]) -> str:
-        if trial_id not in self.runs:
-            from sweeps.trial import split_config
-
-            phase, variant, cfg = split_config(config)
-            params = {"phase": phase, "variant": variant, **_flat(cfg)}
-            self.runs[trial_id] = self.tracker.child(
-                self.parent_id, trial_id, f"{phase}-{variant}-{trial_id}", params, {"phase": phase, "variant": variant}
-            )
-        return self.runs[trial_id]
-
-    def started(self, trial_id: str, config: dict[str, Any]) -> None:
-        self._run(trial_id, config)
-
-    def result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
-        metrics = {k: v for k, v in result.items() if k.startswith(self._LOGGED_PREFIXES) or k in self._LOGGED_KEYS}
-        self.tracker.log_metrics(self._run(trial_id, config), metrics, step=int(result["epoch"]))
-
-    def completed(self, trial_id: str, config: dict[str, Any], result: dict[str, Any], checkpoint) -> None:
-        run_id = self._run(trial_id, config)
-        self.done += 1
-        log.info("trial %s (%s, %s) done after %s epoch(s): objective %.4f [%d done]", trial_id, config.get("phase"),
-                 config.get("variant"), result.get("epoch"), result.get("objective", float("nan")), self.done)
-        if checkpoint is not None:
-            try:
-                self._log_grid(run_id, config, checkpoint)
-            except Exception:  # a missing picture must not stop the sweep
-                log.exception("no image grid for trial %s", trial_id)
-        self.tracker.finish(run_id, ok=True)
-
-    def errored(self, trial_id: str, config: dict[str, Any]) -> None:
-        self.tracker.finish(self._run(trial_id, config), ok=False)
-
-    def _log_grid(self, run_id: str, config: dict[str, Any], checkpoint) -> None:
-        import matplotlib.pyplot as plt
-        import torch
-
-        from addd.defense import load_defense
-        from ablations.plots import image_grid
-        from sweeps.trial import DEFENSE_FILE, split_config
-
-        _, _, cfg = split_config(config)
-        unknown = [a for a in self.ctx.val.adv if a not in cfg.known_attacks]
-        attack = unknown[0]
-        n = self.grid_examples
-        with checkpoint.local_dir() as path:
-            defense = load_defense(path / DEFENSE_FILE)
-        x = self.ctx.val.x[:n]
-        x_adv = self.ctx.val.adv[attack].x_adv[:n]
-        with torch.no_grad():
-            rows = {"original": x, f"{attack} (unknown)": x_adv, "restored": defense.restore(x_adv)}
-        figure = image_grid(rows)
-        self.tracker.log_figure(run_id, figure, "restored_grid.png")
-        plt.close(figure)
-
-
-# ----------------------------------------------------------------------------- the sweep
-def _code_version() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _schedule(plan: Plan):
-    """One VariantSearch per ablation variant: its own seeded TPE study, the same budget."""
-    from addd.config import ablation
-    from sweeps import _optuna
-    from sweeps.schedule import SweepSchedule, VariantSearch
-    from sweeps.trial import OBJECTIVE
-
-    s = plan.space
-    base = s.base_config().replace(**{"train.device": plan.device})
-    variants = []
-    for variant in s.variants:
-        search = s.variant_search(variant)
-        flat = _flat(ablation(base, variant))
-        paper_point = {k: v for k, v in _flat(base).items() if k in search and not isinstance(v, list)}
-        if "known_attacks" in search:
-            paper_point["known_attacks"] = "+".join(base.known_attacks)
-        searcher = _optuna.make_searcher(
-            url=plan.optuna_url,
-            study_name=plan.study_name(variant),
-            search=search,
-            metric=OBJECTIVE,
-            seed=plan.seed,
-            startup_trials=min(s.startup_trials, plan.num_samples),
-            first_point=paper_point,
-        )
-        constants = {k: v for k, v in flat.items() if k not in search}
-        variants.append(VariantSearch(variant, searcher, constants, budget=plan.num_samples, seeds=plan.seeds))
-    return SweepSchedule(variants, metric=OBJECTIVE)
+    if state.parent_run_id is None:
+        tags = {"space": s.name, "smoke": str(plan.smoke), "code_version": code_version,
+                "data_fingerprint": dataset.fingerprint(), "target_model_sha256": target.weights_sha256}
+        state.parent_run_id = tracker.start_parent(plan.study_name("sweep"), tags, plan.params())
+        state.save(plan.run_dir)
+        plan_path = plan.run_dir / "plan.json"
+        plan_path.write_text(json.dumps(plan.describe(), indent=1))
+        tracker.log_artifact(state.parent_run_id, plan_path)
+    prepared = Prepared(state, dataset, target, ctx, tracker, _slots(plan, resources), code_version)
+    prepared.timings["prepare"] = time.perf_counter() - t0
+    return prepared
 
 
 def _slots(plan: Plan, resources: Mapping[str, float]) -> int:
@@ -326,75 +199,90 @@ def _slots(plan: Plan, resources: Mapping[str, float]) -> int:
     return max(1, min(by_cpu, by_gpu))
 
 
-def run_sweep(plan: Plan) -> Path:
-    """Run (or resume) the sweep of ``plan``; returns the path of its ``summary.json``."""
-    from ablations.report import build_report
-    from addd.storage import atomic_write_bytes
-    from sweeps import _mlflow, _optuna, _ray
-    from sweeps.summary import SUMMARY_FILE, build_summary
-    from sweeps.trial import DEFENSE_FILE, train_defense
+def _code_version() -> str:
+    here = Path(__file__).parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=5, cwd=here)
+        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
-    code_version = _code_version()
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    dataset = load_data(plan)
-    state = SweepState.open(plan)
-    resources = _ray.init(plan.address, plan.num_cpus)
-    slots = _slots(plan, resources)
-    local = plan.address is None
-    ctx, target = prepare(plan, dataset, plan.run_dir / EVENTS_FILE if local else None)
-    timings["prepare"] = time.perf_counter() - t0
 
-    tracker = _mlflow.Tracker(plan.tracking_uri, f"addd-{plan.space.name}", plan.artifact_location)
-    if state.parent_run_id is None:
-        header_tags = {
-            "space": plan.space.name,
-            "smoke": str(plan.smoke),
-            "code_version": code_version,
-            "data_fingerprint": dataset.fingerprint(),
-            "target_model_sha256": target.weights_sha256,
-        }
-        state.parent_run_id = tracker.start_parent(f"{plan.study_name('sweep')}", header_tags, _plan_params(plan))
-        state.save(plan.run_dir)
-        plan_path = plan.run_dir / "plan.json"
-        plan_path.write_text(json.dumps(plan.describe(), indent=1))
-        tracker.log_artifact(state.parent_run_id, plan_path)
-    parent = state.parent_run_id
-    recorder = Recorder(tracker, parent, ctx, plan.space.grid_examples)
+# ----------------------------------------------------------------------------- search
+def search(plan: Plan, prepared: Prepared, on_event=None) -> list:
+    """Every variant's search and seed re-runs in one Tuner run; returns the trial outcomes."""
+    from sweeps import _optuna, _ray
+    from sweeps.recorder import Recorder
+    from sweeps.schedule import build_schedule
+    from sweeps.trial import train_defense
+    from sweeps.trialspec import search_group
 
     s = plan.space
+
+    def make_searcher(variant, search_space, first_point):
+        return _optuna.TpeSearcher(url=plan.optuna_url, study_name=plan.study_name(variant), search=search_space,
+                                   seed=plan.seed, startup_trials=min(s.startup_trials, plan.num_samples),
+                                   first_point=first_point)
+
     job = _ray.TuneJob(
         name="sweep",
         storage_path=plan.storage_path,
-        make_schedule=lambda: _schedule(plan),
-        max_concurrent=slots,
+        make_schedule=lambda: build_schedule(plan, make_searcher),
+        group_of=search_group,
+        max_concurrent=prepared.slots,
         cpus_per_trial=plan.cpus_per_trial,
         gpus_per_trial=plan.gpus_per_trial,
-        asha={"max_t": s.base_config().train.epochs, "grace_period": s.grace_period, "reduction_factor": s.reduction_factor},
+        asha=s.asha(),
     )
     start = time.perf_counter()
-    outcomes = _ray.run(job, train_defense, ctx, recorder, plan.resume)
-    timings["trials"] = time.perf_counter() - start
-    search = {v: [o for o in outcomes if o.config.get("phase") == "search" and o.config.get("variant") == v] for v in s.variants}
-    final = [o for o in outcomes if o.config.get("phase") == "final"]
+    recorder = Recorder(prepared.tracker, prepared.parent, on_event)
+    outcomes = _ray.run(job, train_defense, prepared.ctx, recorder, plan.resume)
+    prepared.timings["trials"] = time.perf_counter() - start
+    return outcomes
 
-    header = {
-        "space": plan.space.name,
+
+# ----------------------------------------------------------------------------- publish
+def summary_header(plan: Plan, prepared: Prepared) -> dict[str, Any]:
+    s, target, dataset = plan.space, prepared.target, prepared.dataset
+    return {
+        "space": s.name,
         "smoke": plan.smoke,
-        "dataset": plan.space.dataset,
+        "dataset": s.dataset,
         "data_fingerprint": dataset.fingerprint(),
+        "splits": s.split_sizes() | {split: len(getattr(dataset, split)) for split in ("train", "val", "test")},
         "target_model": {"arch": target.arch, "sha256": target.weights_sha256, "path": str(target.path),
                          "clean_test_accuracy": target.clean_test_accuracy},
-        "attack_budget": plan.space.attack_budget,
-        "eval_attacks": list(plan.space.eval_attacks),
-        "holdout_attacks": list(plan.space.holdout_attacks),
-        "code_version": code_version,
-        "mlflow_parent_run_id": parent,
+        "attack_budget": s.attack_budget,
+        "eval_attacks": list(s.attacks),
+        "holdout_attacks": list(s.holdout_attacks),
+        "finalists": s.describe_finalists(),
+        "cache_dir": str(plan.cache_dir),
+        "code_version": prepared.code_version,
+        "mlflow_parent_run_id": prepared.parent,
     }
+
+
+def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
+    """summary.json (always), the best defense, the report and the parent run's figures."""
+    from ablations.report import build_report
+    from addd.storage import atomic_write_bytes
+    from sweeps import _optuna
+    from sweeps.summary import SUMMARY_FILE, build_summary
+    from sweeps.trial import DEFENSE_FILE
+    from sweeps.trialspec import FINAL, SEARCH
+
+    s, tracker, parent = plan.space, prepared.tracker, prepared.parent
+    searches = {v: [o for o in outcomes if o.spec.phase == SEARCH and o.spec.variant == v] for v in s.variants}
+    finals = [o for o in outcomes if o.spec.phase == FINAL]
     best_artifact = f"{BEST_DIR}/{DEFENSE_FILE}"
-    summary = build_summary(header=header, search=search, final=final, best_artifact=best_artifact)
+    summary = build_summary(header=summary_header(plan, prepared), search=searches, final=finals,
+                            best_artifact=best_artifact)
+    curves_dir = plan.run_dir / "curves"
+    _collect_final_files(finals, curves_dir)
     if summary["best"] is not None:
-        best = next(o for o in final if o.trial_id == summary["best"]["trial_id"])
+        best = next(o for o in finals if o.trial_id == summary["best"]["trial_id"])
         best_dir = plan.run_dir / BEST_DIR
         shutil.rmtree(best_dir, ignore_errors=True)
         best.checkpoint.copy_to(best_dir)
@@ -402,36 +290,63 @@ def run_sweep(plan: Plan) -> Path:
     summary_path = plan.run_dir / SUMMARY_FILE
     atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
     tracker.log_artifact(parent, summary_path)
-    _log_parent_metrics(tracker, parent, summary)
+    tracker.log_metrics(parent, parent_metrics(summary), step=0)
 
     report_dir = plan.run_dir / "report"
-    for path in build_report(summary, report_dir):
+    paths = build_report(summary, report_dir, curves_dir=curves_dir, best_dir=plan.run_dir / BEST_DIR)
+    for variant in s.variants:
+        paths += _optuna.save_study_plots(plan.optuna_url, plan.study_name(variant), report_dir, variant)
+    for path in paths:
         tracker.log_artifact(parent, path, "report")
-    for variant in plan.space.variants:
-        for path in _optuna.save_study_plots(plan.optuna_url, plan.study_name(variant), report_dir):
-            tracker.log_artifact(parent, path, "report")
-    timings["total"] = time.perf_counter() - t0
-    (plan.run_dir / TIMINGS_FILE).write_text(json.dumps({**timings, "slots": slots}, indent=1))
+    prepared.timings["total"] = sum(prepared.timings.values())
+    (plan.run_dir / TIMINGS_FILE).write_text(json.dumps({**prepared.timings, "slots": prepared.slots}, indent=1))
     tracker.finish(parent, ok=True)
-    log.info("sweep done in %.0fs: %s", timings["total"], summary_path)
     return summary_path
 
 
-def _plan_params(plan: Plan) -> dict[str, Any]:
-    d = plan.describe()
-    return {
-        "space": d["space"], "dataset": d["dataset"], "smoke": d["smoke"], "variants": ",".join(d["variants"]),
-        "trials_per_variant": d["trials_per_variant"], "seeds": d["seeds"], "attack_budget": d["attacks"]["budget"],
-        "eval_attacks": ",".join(d["attacks"]["val_and_test_splits"]), "holdout": ",".join(d["attacks"]["holdout"]),
-        **{f"base.{k}": v for k, v in d["base_config"].items()},
-    }
+def _collect_final_files(finals: list, curves_dir: Path) -> None:
+    """Each final trial's robustness curve (saved with its checkpoint) as curves/<variant>-seed<k>.csv,
+    and its restored images as curves/<variant>-seed<k>.images.safetensors."""
+    from sweeps.trial import CURVE_FILE, IMAGES_FILE
+
+    curves_dir.mkdir(parents=True, exist_ok=True)
+    for o in finals:
+        if o.checkpoint is None:
+            continue
+        with o.checkpoint.local_dir() as path:
+            stem = f"{o.spec.variant}-seed{o.spec.seed}"
+            for name, suffix in ((CURVE_FILE, ".csv"), (IMAGES_FILE, ".images.safetensors")):
+                if (Path(path) / name).exists():
+                    shutil.copyfile(Path(path) / name, curves_dir / f"{stem}{suffix}")
 
 
-def _log_parent_metrics(tracker, parent: str, summary: Mapping[str, Any]) -> None:
-    metrics = {}
+def parent_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The parent run's figures, each name saying its threat model:
+    ``<variant>/test/oblivious/<attack>``, ``<variant>/test/undefended/<attack>``, ``<variant>/adaptive/<name>``."""
+    metrics: dict[str, float] = {}
     for variant, entry in summary["variants"].items():
-        metrics[f"{variant}/search/best_val_objective"] = entry["search"]["best_val_objective"]
+        if entry["search"].get("best_val_objective") is not None:
+            metrics[f"{variant}/search/best_val_objective"] = entry["search"]["best_val_objective"]
+        metrics[f"{variant}/search/stopped_early"] = entry["search"]["stopped_early"]
         for name, stats in entry["test"].items():
-            metrics[f"{variant}/test/{name}"] = stats["mean"]
-    tracker.log_metrics(parent, metrics, step=0)
+            metrics[f"{variant}/test/{_threat_name(name)}"] = stats["mean"]
+        for name, stats in entry["adaptive"].items():
+            metrics[f"{variant}/adaptive/{name}"] = stats["mean"]
+    return metrics
 
+
+def _threat_name(metric: str) -> str:
+    for old, new in (("acc.defended.", "oblivious/"), ("acc.undefended.", "undefended/"), ("worst.", "oblivious/worst.")):
+        if metric.startswith(old):
+            return new + metric[len(old):]
+    return metric
+
+
+# ----------------------------------------------------------------------------- the sweep
+def run_sweep(plan: Plan, on_event=None) -> Path:
+    """Run (or resume) the sweep of ``plan``; returns the path of its ``summary.json``."""
+    prepared = prepare(plan)
+    outcomes = search(plan, prepared, on_event)
+    summary_path = publish(plan, prepared, outcomes)
+    log.info("sweep done in %.0fs: %s", prepared.timings["total"], summary_path)
+    return summary_path

@@ -36,7 +36,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sweeps.spaces import SPACES, SpaceError, get_space  # noqa: E402
+from addd.errors import AdddError  # noqa: E402
+from sweeps.spaces import SPACES, get_space  # noqa: E402
 
 log = logging.getLogger("sweeps.run")
 
@@ -83,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="local folder of this sweep (default: ./runs/<space>[-smoke])")
     p.add_argument("--storage-path", help="Ray results: a folder or a URI Ray accepts, e.g. s3://bucket/addd (default: <run dir>/ray)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///<run dir>/mlflow.db)")
+    p.add_argument("--optuna-storage", help="Optuna RDB URL, e.g. postgresql://user@host/db (default: sqlite:///<run dir>/optuna.db)")
+    p.add_argument("--attacks", nargs="+", metavar="ATTACK",
+                   help="narrow the attacks scored on val/test (default: the dataset's whole suite)")
+    p.add_argument("--adaptive-n", type=_positive_int,
+                   help="adaptive attacks and robustness curves on the first N test examples (default: the space's)")
     p.add_argument("--data-root", type=Path, default=Path("./data"), help="dataset folder (default: ./data)")
     p.add_argument("--download", action="store_true", help="download the dataset into --data-root if it is missing")
     p.add_argument("--cache-dir", type=Path, help="target models and adversarial sets (default: $ADDD_CACHE_DIR or ./.addd_cache)")
@@ -94,11 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_plan(args: argparse.Namespace):
     """Resolve the space and the command line into a driver Plan (no side effects)."""
+    from dataclasses import replace
+
     from addd.target_models import default_cache_dir
     from sweeps import _mlflow
-    from sweeps.driver import Plan
+    from sweeps.plan import Plan
 
     space = get_space(args.space, smoke=args.smoke)
+    narrowed = {}
+    if args.attacks:
+        narrowed["eval_attacks"] = tuple(args.attacks)
+        narrowed["holdout_attacks"] = tuple(a for a in space.holdout_attacks if a in args.attacks)
+    if args.adaptive_n:
+        narrowed["adaptive_n"] = args.adaptive_n
+    if narrowed:
+        space = replace(space, **narrowed).validate()
     run_dir = (args.run_dir or Path("runs") / f"{space.name}{'-smoke' if args.smoke else ''}").resolve()
     storage_path = args.storage_path or str(run_dir / "ray")
     if "://" not in storage_path:
@@ -121,6 +137,7 @@ def make_plan(args: argparse.Namespace):
         resume=args.resume,
         num_cpus=args.num_cpus,
         download=args.download,
+        optuna_storage=args.optuna_storage,
     )
 
 
@@ -148,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         from sweeps.driver import run_sweep
 
         summary_path = run_sweep(plan)
-    except (SpaceError, ValueError) as exc:  # every project error is a ValueError subclass
+    except AdddError as exc:  # every project error; the message says what to do
         if args.verbose:
             raise
         print(f"error: {exc}", file=sys.stderr)

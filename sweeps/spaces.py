@@ -12,11 +12,18 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from addd.attack_names import ATTACK_KINDS, ATTACK_NAMES
 from addd.config import ABLATIONS, PAPER_LOSS_WEIGHTS, DefenseConfig, ablation, from_flat_dict, to_flat_dict
+from addd.errors import AdddError
+from sweeps.trialspec import pair_attacks, pair_name
 
 
-class SpaceError(ValueError):
+class SpaceError(AdddError):
     """A space name or a space's settings are invalid; the message says what to do."""
+
+
+ALL_VARIANTS = ("full", "no_dp", "no_prior", "no_mmd", "no_di")  # the ablations of addd.config.ABLATIONS
+SPLIT_SEED = 0  # addd.data's seed for the train/val/test subsets of every space
 
 
 # ----------------------------------------------------------------------------- search domains
@@ -68,8 +75,8 @@ Domain = LogUniform | Uniform | Choice
 
 
 def known_pair(*names: str) -> str:
-    """The flat-dict spelling of a known-attack choice: ``"PGDu+PGDt"``."""
-    return "+".join(names)
+    """A known-attack choice of a search space (spelled by :mod:`sweeps.trialspec`)."""
+    return pair_name(names)
 
 
 # ----------------------------------------------------------------------------- the space
@@ -86,11 +93,15 @@ class Space:
     n_val: int | None = 1000  # validation examples: every trial's objective is measured here
     n_test: int | None = None  # test examples: the final seeds are evaluated here
     attack_budget: float = 1.0  # scales attack iterations (1.0 = Appendix C.1)
-    eval_attacks: tuple[str, ...] = ("PGDu", "PGDt", "CWu", "CWt", "DDNu", "DDNt")  # scored on val/test
-    holdout_attacks: tuple[str, ...] = ("CWu",)  # never trained on: comparable across known-attack choices
+    # Scored on val and test. None: the dataset's whole suite (every attack of addd.attacks' table);
+    # a tuple narrows it on purpose, and --dry-run says so.
+    eval_attacks: tuple[str, ...] | None = None
+    # Never trained on, so trials with different known attacks stay comparable; include a
+    # decision-based and a spatial attack (gradient attacks alone flatter a defense).
+    holdout_attacks: tuple[str, ...] = ("LSu", "BAu", "STu")
     base: Mapping[str, Any] = field(default_factory=dict)  # flat DefenseConfig overrides shared by every trial
     search: Mapping[str, Domain] = field(default_factory=dict)  # flat key -> domain
-    variants: tuple[str, ...] = ("full", "no_dp", "no_prior")  # each gets num_samples trials
+    variants: tuple[str, ...] = ALL_VARIANTS  # each gets num_samples trials
     num_samples: int = 20  # trials per variant
     startup_trials: int = 5  # TPE's random trials before it models (Optuna's default is 10)
     seeds: int = 3  # re-runs of each variant's best config, evaluated on test
@@ -99,9 +110,52 @@ class Space:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     grid_examples: int = 8  # images per row in the original / adversarial / restored grid
+    # Finalists (every seed re-run): adaptive attacks on the whole pipeline M_t(G(E(x))) and the
+    # robustness curve, on the first adaptive_n test examples (None: the whole test split).
+    adaptive_n: int | None = None
+    adaptive_steps: int = 100  # white-box PGD steps (CE and margin loss, random start)
+    adaptive_autoattack: bool = True  # AutoAttack L-inf and L2 through the pipeline
+    curve_points: int = 6  # eps values from 0 to the dataset's PGD eps
     smoke_overrides: Mapping[str, Any] = field(default_factory=dict)  # Space fields for --smoke
 
     # -- derived
+    @property
+    def attacks(self) -> tuple[str, ...]:
+        """The attacks scored on val and test: the whole suite unless the space narrows it."""
+        return ATTACK_NAMES if self.eval_attacks is None else tuple(self.eval_attacks)
+
+    def split_sizes(self) -> dict[str, int | None]:
+        return {"n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test, "split_seed": SPLIT_SEED}
+
+    def asha(self) -> dict[str, int]:
+        return {"max_t": self.base_config().train.epochs, "grace_period": self.grace_period,
+                "reduction_factor": self.reduction_factor}
+
+    def unknown_attacks(self, known: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(a for a in self.attacks if a not in known)
+
+    def describe_attacks(self) -> dict[str, Any]:
+        return {
+            "budget": self.attack_budget,
+            "train_split": list(self.train_attacks()),
+            "val_and_test_splits": list(self.attacks),
+            "whole_suite": self.eval_attacks is None or set(self.attacks) == set(ATTACK_NAMES),
+            "left_out": [a for a in ATTACK_NAMES if a not in self.attacks],
+            "kinds": {a: ATTACK_KINDS[a] for a in self.attacks},
+            "holdout": list(self.holdout_attacks),
+            "unknown_per_known_choice": {pair_name(p): list(self.unknown_attacks(p)) for p in self.known_attack_choices()},
+        }
+
+    def describe_finalists(self) -> dict[str, Any]:
+        return {
+            "adaptive": "white-box PGD through M_t(G(E(x))) (CE and margin, worse of the two), "
+                        + ("AutoAttack L-inf and L2 through the pipeline, " if self.adaptive_autoattack else "")
+                        + "BPDA (paper Sec 4.3)",
+            "adaptive_test_examples": self.adaptive_n or "whole test split",
+            "adaptive_pgd_steps": self.adaptive_steps,
+            "robustness_curve_points": self.curve_points,
+        }
+
     def base_config(self) -> DefenseConfig:
         """The config every trial starts from: defaults, the paper's weights, then ``base``."""
         flat = to_flat_dict(DefenseConfig())
@@ -118,7 +172,7 @@ class Space:
     def known_attack_choices(self) -> tuple[tuple[str, ...], ...]:
         dom = self.search.get("known_attacks")
         if isinstance(dom, Choice):
-            return tuple(tuple(str(o).split("+")) for o in dom.options)
+            return tuple(pair_attacks(o) for o in dom.options)
         return (tuple(self.base_config().known_attacks),)
 
     def train_attacks(self) -> tuple[str, ...]:
@@ -132,8 +186,6 @@ class Space:
     # -- validation
     def validate(self) -> "Space":
         """Raise SpaceError on any inconsistency, before anything runs. Returns self."""
-        from addd.attacks import ATTACK_NAMES
-
         where = f"space {self.name!r}"
         try:
             from addd.data import DATASET_NAMES
@@ -147,15 +199,21 @@ class Space:
                 raise SpaceError(f"{where}: {key} must be >= 2 or None (whole split), got {value}")
         if not self.attack_budget > 0:
             raise SpaceError(f"{where}: attack_budget must be > 0, got {self.attack_budget}")
-        bad = [a for a in (*self.eval_attacks, *self.holdout_attacks) if a not in ATTACK_NAMES]
+        bad = [a for a in (*self.attacks, *self.holdout_attacks) if a not in ATTACK_NAMES]
         if bad:
             raise SpaceError(f"{where}: unknown attack(s) {bad}; valid: {', '.join(ATTACK_NAMES)}")
-        if not set(self.holdout_attacks) <= set(self.eval_attacks):
+        if len(set(self.attacks)) != len(self.attacks) or not self.attacks:
+            raise SpaceError(f"{where}: eval_attacks must name each attack once, got {list(self.attacks)}")
+        if not set(self.holdout_attacks) <= set(self.attacks):
             raise SpaceError(f"{where}: holdout_attacks {list(self.holdout_attacks)} must be among eval_attacks")
         bad_variants = [v for v in self.variants if v not in ABLATIONS]
         if bad_variants or not self.variants:
             raise SpaceError(f"{where}: unknown variant(s) {bad_variants}; valid: {', '.join(ABLATIONS)}")
-        for name in ("num_samples", "seeds", "grace_period", "grid_examples"):
+        if self.adaptive_n is not None and self.adaptive_n < 1:
+            raise SpaceError(f"{where}: adaptive_n must be >= 1 or None (whole test split), got {self.adaptive_n}")
+        if self.curve_points < 2:
+            raise SpaceError(f"{where}: curve_points must be >= 2, got {self.curve_points}")
+        for name in ("num_samples", "seeds", "grace_period", "grid_examples", "adaptive_steps"):
             if getattr(self, name) < 1:
                 raise SpaceError(f"{where}: {name} must be >= 1, got {getattr(self, name)}")
         if self.reduction_factor < 2:
@@ -187,8 +245,9 @@ class Space:
                 raise SpaceError(f"{where}: unknown known attack(s) {bad}; valid: {', '.join(ATTACK_NAMES)}")
             if set(pair) & set(self.holdout_attacks):
                 raise SpaceError(f"{where}: known attacks {list(pair)} overlap holdout_attacks {list(self.holdout_attacks)}")
-            if not set(self.eval_attacks) - set(pair):
-                raise SpaceError(f"{where}: known attacks {list(pair)} leave no unknown attack among eval_attacks")
+            if not self.unknown_attacks(pair):
+                raise SpaceError(f"{where}: known attacks {list(pair)} leave no unknown attack among eval_attacks; "
+                                 f"score more attacks or train on fewer")
         for variant in self.variants:
             ablation(base, variant)
         return self
@@ -213,8 +272,8 @@ def _paper_search(dataset: str, pairs: tuple[str, ...], sigma: tuple[float, floa
 
 _PAIRS = (known_pair("PGDu", "PGDt"), known_pair("DDNu", "DDNt"))
 _PAPER_PAIRS = (*_PAIRS, known_pair("CWu", "CWt"))
-_PAPER_EVAL = ("PGDu", "PGDt", "CWu", "CWt", "DDNu", "DDNt", "LSu", "STu")
-_PAPER_HOLDOUT = ("LSu", "STu")  # in no known-attack choice
+# In no known-attack choice: a score-based, a decision-based and a spatial attack.
+_PAPER_HOLDOUT = ("LSu", "BAu", "STu")
 
 SPACES: dict[str, Space] = {
     "digits_ablation": Space(
@@ -226,8 +285,6 @@ SPACES: dict[str, Space] = {
         n_val=300,
         n_test=None,  # the fixed 360-image digits test set
         attack_budget=1.0,  # the digits table in full (at 0.25, C&W's 1 x 12 steps left 97% of images unchanged)
-        eval_attacks=("PGDu", "PGDt", "CWu", "DDNu", "DDNt"),
-        holdout_attacks=("CWu",),
         base={
             "network.width": 0.0625,
             "network.channels": 1,
@@ -243,7 +300,7 @@ SPACES: dict[str, Space] = {
         grace_period=2,
         smoke_overrides={
             "n_train": 96, "n_val": 48, "n_test": 48, "attack_budget": 0.05, "num_samples": 2,
-            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4,
+            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10,
             "base": {"network.width": 0.03125, "network.channels": 1, "train.epochs": 2,
                      "train.batch_size": 16, "train.lr": 1e-3},
         },
@@ -254,7 +311,6 @@ SPACES: dict[str, Space] = {
         description="Fig-12 ablation on SVHN: paper target model, App. C.1 attacks, Table 4 widths",
         n_val=2000,
         n_test=None,
-        eval_attacks=_PAPER_EVAL,
         holdout_attacks=_PAPER_HOLDOUT,
         base={"network.width": 1.0, "network.channels": 3, "train.epochs": 30, "train.batch_size": 64},
         search=_paper_search("svhn", _PAPER_PAIRS, (8.0, 256.0)),
@@ -266,8 +322,7 @@ SPACES: dict[str, Space] = {
         cpus_per_trial=2.0,
         smoke_overrides={
             "n_train": 64, "n_val": 32, "n_test": 32, "attack_budget": 0.05, "num_samples": 2,
-            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4,
-            "eval_attacks": ("PGDu", "PGDt", "CWu", "DDNu", "DDNt"), "holdout_attacks": ("CWu",),
+            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10,
             "search": _paper_search("svhn", _PAIRS, (8.0, 256.0)),
             "base": {"network.width": 0.03125, "network.channels": 3, "train.epochs": 2, "train.batch_size": 16},
             "gpus_per_trial": 0.0, "cpus_per_trial": 1.0,
@@ -284,7 +339,6 @@ def _paper_space(name: str, dataset: str, channels: int, epochs: int, sigma: tup
         paper_weights=dataset,
         description=f"{dataset}: paper settings (App. C.1 attacks, App. D weights, Table 4 widths)",
         n_val=2000,
-        eval_attacks=_PAPER_EVAL,
         holdout_attacks=_PAPER_HOLDOUT,
         base={"network.width": 1.0, "network.channels": channels, "train.epochs": epochs, "train.batch_size": 64},
         search=_paper_search(dataset, _PAPER_PAIRS, sigma),

@@ -1,45 +1,75 @@
-"""Turn trial outcomes into ``summary.json``: best config per variant, test figures over seeds.
+"""Turn trial outcomes into ``summary.json``: best config per variant, test figures over seeds,
+each figure under the threat model it was computed in.
 
-Pure data in, JSON-friendly dict out; no Ray, Optuna or MLflow here.
+Pure data in, JSON-friendly dict out; no Ray, Optuna, MLflow or torch here. A sweep always ends
+with a summary: a variant whose search produced no finite objective gets ``best: null`` and the
+reason instead of stopping the publication of every other variant.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 from typing import Any, Mapping, Sequence
 
-from sweeps._ray import TrialOutcome
-from sweeps.trial import OBJECTIVE, split_config
+from sweeps.trialspec import EPOCH, OBJECTIVE, TrialOutcome, is_finite
 
 SUMMARY_FILE = "summary.json"
-FORMAT = "addd-sweep-summary/1"
+FORMAT = "addd-sweep-summary/2"
 
-
-def best_trial(outcomes: Sequence[TrialOutcome]) -> TrialOutcome:
-    """The trial with the highest last-reported objective (ASHA-stopped trials included)."""
-    scored = [o for o in outcomes if _finite(o.metrics.get(OBJECTIVE))]
-    if not scored:
-        raise RuntimeError("no trial reported a finite objective; see the trials' errors in the Ray logs")
-    return max(scored, key=lambda o: o.metrics[OBJECTIVE])
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+# What each family of figures means; summary.json, the report and MLflow use these names.
+THREAT_MODELS = {
+    "acc.clean": "no attack, no defense: M_t(x)",
+    "acc.reconstruction": "no attack, through the defense: M_t(G(E(x)))",
+    "acc.undefended.<attack>": "white-box on M_t, no defense: M_t(x_adv), x_adv computed on M_t",
+    "acc.defended.<attack>": "oblivious: x_adv computed on M_t alone, then M_t(G(E(x_adv))) (the paper's Table 1)",
+    "worst.*": "oblivious: minimum over attacks of acc.defended (per attack, or per sample)",
+    "adaptive.*": "adaptive: x_adv computed on the whole pipeline M_t(G(E(.))) (white-box PGD, AutoAttack; "
+                  "BPDA is the paper's Sec 4.3 attack with an identity backward pass)",
+}
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
-    finite = [v for v in values if _finite(v)]
-    return {
-        "mean": statistics.fmean(finite) if finite else float("nan"),
-        "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
-        "values": values,
+    """Mean, sample std and a 95% t-interval of the mean over seeds (NaN-free values only)."""
+    finite = [float(v) for v in values if is_finite(v)]
+    n = len(finite)
+    mean = statistics.fmean(finite) if finite else float("nan")
+    std = statistics.stdev(finite) if n > 1 else 0.0
+    half = _t95(n - 1) * std / n**0.5 if n > 1 else float("nan")
+    return {"mean": mean, "std": std, "n": n, "ci95": [mean - half, mean + half], "values": list(values)}
+
+
+def _t95(dof: int) -> float:
+    """Two-sided 95% quantile of Student's t (scipy-free; exact to 3 decimals up to 30 dof)."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+    if dof in table:
+        return table[dof]
+    return 1.96 + 2.4 / dof  # within 0.01 of the true value for dof > 10
+
+
+def prefixed(metrics: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The ``<prefix>/...`` metrics of a trial, without the prefix."""
+    return {k[len(prefix) + 1:]: v for k, v in metrics.items() if k.startswith(prefix + "/")}
+
+
+def _search_entry(outcomes: Sequence[TrialOutcome]) -> tuple[dict[str, Any], TrialOutcome | None]:
+    complete = [o for o in outcomes if o.failure is None and not o.stopped_early]
+    stopped = [o for o in outcomes if o.stopped_early]
+    failed = [o for o in outcomes if o.failure is not None]
+    entry: dict[str, Any] = {
+        "trials": len(outcomes),
+        "complete": len(complete),
+        "stopped_early": len(stopped),
+        "failed": len(failed),
+        "errors": {o.trial_id: o.failure for o in failed},
     }
-
-
-def test_figures(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """The ``test/...`` metrics of a final trial, without the prefix."""
-    return {k.removeprefix("test/"): v for k, v in metrics.items() if k.startswith("test/")}
+    if not complete:
+        entry["best"] = None
+        entry["reason"] = (f"none of its {len(outcomes)} search trial(s) completed with a finite objective "
+                           f"({len(stopped)} stopped early, {len(failed)} failed); see 'errors'")
+        return entry, None
+    best = max(complete, key=lambda o: o.objective)
+    entry.update(best_trial_id=best.trial_id, best_val_objective=best.objective, best_epochs=best.metrics.get(EPOCH))
+    return entry, best
 
 
 def build_summary(
@@ -49,48 +79,57 @@ def build_summary(
     final: Sequence[TrialOutcome],
     best_artifact: str,
 ) -> dict[str, Any]:
-    """``header`` (space, hashes, plan) + per variant: the search's best trial and config, and
-    the test figures of its seed re-runs (mean, std, values). ``best`` is the final run with the
-    highest validation objective; its checkpoint is stored as ``best_artifact``."""
+    """``header`` (space, hashes, splits, plan) + per variant: its search (complete, stopped-early
+    and failed trials; the best complete one), the best config, and per seed re-run the test
+    figures of both threat models, with mean, std and 95% interval over seeds. ``best`` is the
+    final run with the highest validation objective (its checkpoint is ``best_artifact``), or
+    None with the reason."""
     variants: dict[str, Any] = {}
     for variant, outcomes in search.items():
-        best = best_trial(outcomes)
-        runs = sorted(
-            (o for o in final if split_config(o.config)[1] == variant),
-            key=lambda o: split_config(o.config)[2].train.seed,
-        )
+        search_entry, best = _search_entry(outcomes)
+        runs = sorted((o for o in final if o.spec.variant == variant), key=lambda o: o.spec.seed)
         per_seed = [
             {
-                "seed": split_config(o.config)[2].train.seed,
+                "seed": o.spec.seed,
                 "trial_id": o.trial_id,
-                "val_objective": o.metrics.get(OBJECTIVE),
-                "test": test_figures(o.metrics),
+                "val_objective": o.objective,
+                "error": o.failure,
+                "test": prefixed(o.metrics, "test"),
+                "adaptive": prefixed(o.metrics, "adaptive"),
             }
             for o in runs
         ]
-        names = sorted({k for run in per_seed for k in run["test"]})
         variants[variant] = {
-            "search": {
-                "trials": len(outcomes),
-                "best_trial_id": best.trial_id,
-                "best_val_objective": best.metrics[OBJECTIVE],
-                "best_epochs": best.metrics.get("epoch"),
-            },
-            "best_config": {k: v for k, v in best.config.items() if k != "phase"},
+            "search": search_entry,
+            "best_config": best.spec.to_config() if best else None,
             "seeds": per_seed,
-            "test": {name: _stats([run["test"].get(name, float("nan")) for run in per_seed]) for name in names},
+            "test": _over_seeds(per_seed, "test"),
+            "adaptive": _over_seeds(per_seed, "adaptive"),
         }
-    finalists = [o for o in final if _finite(o.metrics.get(OBJECTIVE))]
-    best_run = max(finalists, key=lambda o: o.metrics[OBJECTIVE]) if finalists else None
-    best = None
+    finalists = [o for o in final if o.failure is None]
+    best_run = max(finalists, key=lambda o: o.objective) if finalists else None
+    best: dict[str, Any] | None = None
     if best_run is not None:
-        _, variant, cfg = split_config(best_run.config)
         best = {
-            "variant": variant,
-            "seed": cfg.train.seed,
+            "variant": best_run.spec.variant,
+            "seed": best_run.spec.seed,
             "trial_id": best_run.trial_id,
-            "val_objective": best_run.metrics[OBJECTIVE],
-            "test": test_figures(best_run.metrics),
+            "val_objective": best_run.objective,
+            "test": prefixed(best_run.metrics, "test"),
+            "adaptive": prefixed(best_run.metrics, "adaptive"),
             "artifact": best_artifact,
         }
-    return {"format": FORMAT, **header, "objective": "val worst-case unknown-attack accuracy", "variants": variants, "best": best}
+    return {
+        "format": FORMAT,
+        **header,
+        "objective": "val worst-case accuracy over the trial's unknown attacks (oblivious), maximised",
+        "threat_models": THREAT_MODELS,
+        "variants": variants,
+        "best": best,
+        "best_reason": None if best else "no seed re-run finished with a finite objective; see each variant's search",
+    }
+
+
+def _over_seeds(per_seed: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+    names = sorted({k for run in per_seed for k, v in run[key].items() if isinstance(v, (int, float))})
+    return {name: _stats([run[key].get(name, float("nan")) for run in per_seed]) for name in names}

@@ -1,9 +1,13 @@
-"""The Ray Tune trainable: train one ADD-Defense from its flat config, report every epoch.
+"""The Ray Tune trainable: train one ADD-Defense from its trial config, report every epoch.
 
-A trial's config is ``{"phase": "search" | "final", "variant": <ablation>, <flat DefenseConfig
-keys>...}``; everything else a trial needs (data, adversarial sets, the target model) arrives once
-through Ray's object store as a :class:`TrialContext`. Ray itself is reached only through
-``sweeps._ray``.
+The config format belongs to :mod:`sweeps.trialspec`; everything else a trial needs (data,
+adversarial sets, the target model, the finalist settings) arrives once through Ray's object
+store as a :class:`TrialContext`. Ray itself is reached only through ``sweeps._ray``.
+
+Search trials report the validation objective (oblivious worst case over the unknown attacks)
+every epoch. Final trials (seed re-runs of a variant's best config) report losses every epoch,
+and at their end the validation and test figures of both threat models: the oblivious suite,
+the adaptive attacks on the whole pipeline, and the robustness curve (saved with the checkpoint).
 """
 
 from __future__ import annotations
@@ -21,15 +25,15 @@ import torch
 from torch import nn
 
 from addd.advcache import AdvSet
-from addd.config import DefenseConfig, ablation, from_flat_dict
 from addd.evaluate import evaluate
+from sweeps.trialspec import EPOCH, FAILURE, FINAL, OBJECTIVE, SEARCH, TrialSpec
 
 log = logging.getLogger(__name__)
 
-OBJECTIVE = "objective"  # = val/worst.unknown: what Optuna maximises and ASHA compares
 DEFENSE_FILE = "defense.safetensors"
 STATE_FILE = "trial_state.json"
-_META_KEYS = ("phase", "variant")
+IMAGES_FILE = "restored.safetensors"  # a few original / adversarial / restored images per attack
+CURVE_FILE = "robustness_curve.csv"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,19 @@ class SplitSets:
     x: torch.Tensor  # (N, C, 32, 32) in [0, 1]
     y: torch.Tensor  # (N,)
     adv: Mapping[str, AdvSet]  # attack -> set paired with x
+
+
+@dataclass(frozen=True)
+class Finalists:
+    """How final trials attack the whole pipeline (from the space)."""
+
+    dataset: str
+    n: int | None  # first n test examples; None: all
+    steps: int
+    autoattack: bool
+    curve_points: int
+    budget: float
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -52,20 +69,55 @@ class TrialContext:
     holdout_attacks: tuple[str, ...]
     threads: int  # torch threads per trial (= CPUs given to it)
     events_path: str | None  # local JSON-lines log of trial starts/epochs/ends (tests, bench)
-
-
-def split_config(config: Mapping[str, Any]) -> tuple[str, str, DefenseConfig]:
-    """(phase, variant, DefenseConfig) of a trial config; the variant's ablation is applied."""
-    flat = {k: v for k, v in config.items() if k not in _META_KEYS}
-    variant = config["variant"]
-    return config["phase"], variant, ablation(from_flat_dict(flat), variant)
+    finalists: Finalists | None = None
+    grid_examples: int = 8
 
 
 def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tuple[str, ...]) -> dict[str, float]:
-    """addd.evaluate's metrics on ``split``, named ``{split}/<metric>`` (``val/worst.unknown``, ...)."""
+    """addd.evaluate's oblivious metrics on ``split``, named ``{split}/<metric>`` (``val/worst.unknown``, ...)."""
     data: SplitSets = getattr(ctx, split)
     report = evaluate(defense, ctx.target_model, data.x, data.y, data.adv, known_attacks=known, holdout=ctx.holdout_attacks)
     return {f"{split}/{k}": v for k, v in report.to_metrics().items()}
+
+
+def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curve: bool) -> dict[str, float]:
+    """Adaptive attacks on M_t(G(E(.))) and, if ``curve``, the robustness curve, on the test split
+    (or its first ``n`` examples); the curve is written to ``out_dir`` as CSV. Metrics named
+    ``adaptive/<name>``."""
+    from addd.adaptive import evaluate_adaptive_suite, robustness_curve
+    from addd.attacks import attack_params
+
+    f = ctx.finalists
+    x, y = ctx.test.x, ctx.test.y
+    if f.n is not None:
+        x, y = x[: f.n], y[: f.n]
+    eps = float(attack_params("PGDu", f.dataset)["eps"])  # the oblivious PGD's eps: figures side by side
+    suite = evaluate_adaptive_suite(ctx.target_model, defense, x, y, dataset=f.dataset, eps=eps, steps=f.steps,
+                                    seed=f.seed, budget=f.budget, autoattack=f.autoattack)
+    metrics = {f"adaptive/{k.removeprefix('adaptive.')}": v for k, v in suite.to_metrics().items()}
+    if curve:
+        frame = robustness_curve(ctx.target_model, defense, x, y, eps_max=eps, num=f.curve_points, steps=f.steps,
+                                 seed=f.seed)
+        frame.to_csv(out_dir / CURVE_FILE, index=False)
+    return metrics
+
+
+def restored_examples(defense: nn.Module, ctx: TrialContext) -> dict[str, torch.Tensor]:
+    """A few validation images per attack: original, adversarial, restored and predicted labels."""
+    from addd.inference import predict
+
+    n = ctx.grid_examples
+    x, y = ctx.val.x[:n], ctx.val.y[:n]
+    tensors = {"x": x.contiguous(), "y": y.contiguous(), "pred.x": predict(ctx.target_model, x)}
+    with torch.no_grad():
+        for attack, adv in ctx.val.adv.items():
+            x_adv = adv.x_adv[:n]
+            restored = defense.restore(x_adv.to(next(defense.parameters()).device)).cpu()
+            tensors[f"x_adv.{attack}"] = x_adv.contiguous()
+            tensors[f"restored.{attack}"] = restored.contiguous()
+            tensors[f"pred.x_adv.{attack}"] = predict(ctx.target_model, x_adv)
+            tensors[f"pred.restored.{attack}"] = predict(ctx.target_model, restored)
+    return tensors
 
 
 def _event(ctx: TrialContext, trial_id: str, event: str, **fields: Any) -> None:
@@ -77,13 +129,14 @@ def _event(ctx: TrialContext, trial_id: str, event: str, **fields: Any) -> None:
 
 
 def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Tune function trainable. Search trials report the validation objective every epoch;
-    final trials report losses every epoch, then validation and test figures at the end."""
-    from addd.defense import ADDDefense, load_defense
+    """Tune function trainable (see the module docstring)."""
+    from addd.defense import ADDDefense, NonFiniteLossError, load_defense
+    from addd.storage import save_tensors
     from sweeps import _ray
 
     torch.set_num_threads(max(1, ctx.threads))
-    phase, variant, cfg = split_config(config)
+    spec = TrialSpec.parse(config)
+    cfg = spec.defense_config()
     trial_id = _ray.trial_id()
     epochs = cfg.train.epochs
     device = torch.device(cfg.train.device)
@@ -96,29 +149,38 @@ def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
             start_epoch = json.loads((Path(ckpt) / STATE_FILE).read_text())["epoch"]
         else:
             defense = ADDDefense(cfg)
-    _event(ctx, trial_id, "start", phase=phase, variant=variant, start_epoch=start_epoch)
+    _event(ctx, trial_id, "start", phase=spec.phase, variant=spec.variant, start_epoch=start_epoch)
     if start_epoch >= epochs:
         _event(ctx, trial_id, "end", epoch=start_epoch)
         return
 
     def on_epoch(report, model: ADDDefense) -> None:
         epoch = start_epoch + report.epoch
-        metrics: dict[str, float] = {"epoch": epoch, "epoch_seconds": report.seconds}
+        last = epoch == epochs
+        metrics: dict[str, float] = {EPOCH: epoch, "epoch_seconds": report.seconds}
         metrics.update({f"loss/{k}": v for k, v in report.losses.items()})
         eval_start = time.perf_counter()
-        if phase == "search" or epoch == epochs:
+        if spec.phase == SEARCH or last:
             metrics.update(evaluate_split(model, ctx, "val", cfg.known_attacks))
             metrics[OBJECTIVE] = metrics["val/worst.unknown"]
-        if phase == "final" and epoch == epochs:
-            metrics.update(evaluate_split(model, ctx, "test", cfg.known_attacks))
-        metrics["eval_seconds"] = time.perf_counter() - eval_start
-        # compute = what the trial must do whatever runs it; checkpointing and reporting are overhead
-        _event(ctx, trial_id, "epoch", epoch=epoch, compute_seconds=report.seconds + metrics["eval_seconds"])
         with tempfile.TemporaryDirectory() as tmp:
-            model.save(Path(tmp) / DEFENSE_FILE, extra_metadata={"epoch": epoch, "variant": variant})
+            if spec.phase == FINAL and last:
+                metrics.update(evaluate_split(model, ctx, "test", cfg.known_attacks))
+                if ctx.finalists is not None:
+                    # the curve of each variant's best config: its first seed re-run (the costly part)
+                    metrics.update(evaluate_finalist(model, ctx, Path(tmp), curve=spec.seed == 0))
+            metrics["eval_seconds"] = time.perf_counter() - eval_start
+            # compute = what the trial must do whatever runs it; checkpointing and reporting are overhead
+            _event(ctx, trial_id, "epoch", epoch=epoch, compute_seconds=report.seconds + metrics["eval_seconds"])
+            model.save(Path(tmp) / DEFENSE_FILE, extra_metadata={"epoch": epoch, "variant": spec.variant})
+            save_tensors(Path(tmp) / IMAGES_FILE, restored_examples(model, ctx), {"epoch": epoch})
             (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
             _ray.report(metrics, checkpoint_dir=tmp)
 
     x_adv = {name: ctx.train.adv[name].x_adv for name in cfg.known_attacks}
-    defense.fit(ctx.train.x, ctx.train.y, x_adv, callback=on_epoch, epochs=epochs - start_epoch)
+    try:
+        defense.fit(ctx.train.x, ctx.train.y, x_adv, callback=on_epoch, epochs=epochs - start_epoch)
+    except NonFiniteLossError as exc:  # a result, not a crash: the sweep goes on, the reason is kept
+        log.warning("trial %s: %s", trial_id, exc)
+        _ray.report({EPOCH: len(defense.history) + 1, OBJECTIVE: float("nan"), FAILURE: str(exc)})
     _event(ctx, trial_id, "end", epoch=epochs)

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 
 from ablations.report import build_report, accuracy_table
-from sweeps._ray import TrialOutcome
-from sweeps.summary import best_trial, build_summary
+from sweeps.summary import build_summary
+from sweeps.trialspec import TrialOutcome
 
 
 def _outcome(trial_id, phase, variant, objective, seed=0, test=None, lambda_cls=1e-3):
-    config = {"phase": phase, "variant": variant, "train.seed": seed, "loss.lambda_cls": lambda_cls, "network.channels": 1}
+    config = {"phase": phase, "variant": variant, "train.seed": seed, "loss.lambda_cls": lambda_cls, "network.channels": 1,
+              "train.epochs": 3}
     metrics = {"objective": objective, "epoch": 3, **{f"test/{k}": v for k, v in (test or {}).items()}}
     return TrialOutcome(trial_id, config, metrics, checkpoint=None, error=None)
 
@@ -36,21 +37,33 @@ def _sweep():
 
 def test_summary_picks_best_configs_and_aggregates_seeds():
     search, final = _sweep()
-    assert best_trial(search["full"]).trial_id == "b"  # NaN objective never wins
     summary = build_summary(header={"space": "toy"}, search=search, final=final, best_artifact="best/x")
     full = summary["variants"]["full"]
-    assert full["search"]["best_trial_id"] == "b" and full["best_config"]["loss.lambda_cls"] == 1e-4
+    assert full["search"]["best_trial_id"] == "b" and full["best_config"]["loss.lambda_cls"] == 1e-4  # NaN never wins
+    assert (full["search"]["complete"], full["search"]["failed"]) == (2, 1)
+    assert full["search"]["errors"] == {"c": "no finite objective"}
     assert [s["seed"] for s in full["seeds"]] == [0, 1]
     assert full["test"]["acc.defended.CWu"]["mean"] == pytest.approx(0.6)
     assert full["test"]["acc.defended.CWu"]["std"] == pytest.approx(math.sqrt(0.02))
+    half = 12.706 * math.sqrt(0.02) / math.sqrt(2)  # t(0.975, 1 dof) * std / sqrt(n)
+    assert full["test"]["acc.defended.CWu"]["ci95"] == pytest.approx([0.6 - half, 0.6 + half])
     assert summary["variants"]["no_dp"]["test"]["worst.unknown"]["std"] == 0.0
     assert summary["best"]["trial_id"] == "f1" and summary["best"]["test"]["worst.unknown"] == 0.6
     json.dumps(summary)  # JSON-ready
 
 
-def test_best_trial_refuses_a_search_without_any_finite_objective():
-    with pytest.raises(RuntimeError, match="finite objective"):
-        best_trial([_outcome("x", "search", "full", float("nan"))])
+def test_a_variant_without_a_finite_objective_still_gets_a_summary_with_the_reason():
+    search = {"full": [_outcome("x", "search", "full", float("nan"))],
+              "no_dp": [_outcome("s", "search", "no_dp", 0.3, seed=0), _outcome("p", "search", "no_dp", 0.9)]}
+    search["no_dp"][1].metrics["epoch"] = 1  # ASHA stopped it after 1 of 3 epochs: not a result
+    summary = build_summary(header={}, search=search, final=[], best_artifact="b")
+    full = summary["variants"]["full"]["search"]
+    assert full["best"] is None and "finite objective" in full["reason"]
+    assert summary["variants"]["full"]["best_config"] is None
+    no_dp = summary["variants"]["no_dp"]["search"]
+    assert no_dp["best_trial_id"] == "s" and no_dp["stopped_early"] == 1
+    assert summary["best"] is None and summary["best_reason"]
+    json.dumps(summary)
 
 
 def test_report_tables_and_plot_follow_the_summary(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from addd.attack_names import ATTACK_KINDS, ATTACK_NAMES
 from addd.config import ABLATIONS
 from sweeps.run import main
 from sweeps.schedule import FINISHED, SweepSchedule, VariantSearch
@@ -26,8 +27,11 @@ def test_every_space_validates_and_leaves_an_unknown_attack_per_choice(name, smo
     space = get_space(name, smoke=smoke)
     assert space.variants and all(v in ABLATIONS for v in space.variants)
     for pair in space.known_attack_choices():
-        assert set(space.eval_attacks) - set(pair), pair
+        assert space.unknown_attacks(pair), pair
         assert not set(pair) & set(space.holdout_attacks)
+    assert set(space.attacks) == set(ATTACK_NAMES)  # every space scores the whole suite
+    kinds = {ATTACK_KINDS[a] for a in space.holdout_attacks}
+    assert {"decision", "spatial"} <= kinds, space.holdout_attacks
     if smoke:
         full = SPACES[name]
         assert space.num_samples <= full.num_samples and space.base_config().train.epochs <= full.base_config().train.epochs
@@ -36,7 +40,7 @@ def test_every_space_validates_and_leaves_an_unknown_attack_per_choice(name, smo
 def test_the_issue_names_its_spaces_and_ablation_variants():
     assert {"digits_ablation", "svhn_ablation", "mnist", "fashion_mnist", "cifar10"} <= set(SPACES)
     for name in ("digits_ablation", "svhn_ablation"):
-        assert SPACES[name].variants == ("full", "no_dp", "no_prior")
+        assert SPACES[name].variants == ("full", "no_dp", "no_prior", "no_mmd", "no_di")
     svhn = SPACES["svhn_ablation"].base_config()
     assert svhn.network.width == 1.0 and svhn.network.channels == 3
     assert (svhn.loss.lambda_prior, svhn.loss.lambda_dp, svhn.loss.lambda_cls, svhn.loss.theta_mse) == (1e-4, 1.0, 1e-3, 1e3)
@@ -66,10 +70,11 @@ def test_unknown_space_lists_the_valid_names():
         ({"search": {"loss.lambda_prior": LogUniform(0.0, 1.0)}}, "0 < low < high"),
         ({"search": {"loss.theta_mse": LogUniform(10.0, 1.0)}}, "0 < low < high"),
         ({"search": {"loss.nope": LogUniform(1.0, 2.0)}}, "unknown search key"),
-        ({"search": {"known_attacks": Choice(("PGDu+CWu",))}}, "overlap holdout"),
+        ({"search": {"known_attacks": Choice(("PGDu+BAu",))}}, "overlap holdout"),
         ({"search": {"known_attacks": Choice(("PGDu+XYZ",))}}, "XYZ"),
         ({"variants": ("full", "no_such")}, "no_such"),
-        ({"holdout_attacks": ("LSu",)}, "must be among eval_attacks"),
+        ({"eval_attacks": ("PGDu", "CWu", "BAu", "STu"), "holdout_attacks": ("LSu",)}, "must be among eval_attacks"),
+        ({"eval_attacks": ("PGDu", "PGDt"), "holdout_attacks": ()}, "leave no unknown attack"),
         ({"dataset": "imagenet"}, "imagenet"),
         ({"num_samples": 0}, "num_samples"),
     ],
@@ -87,8 +92,9 @@ def test_cli_list_spaces_and_dry_run_print_and_write_nothing(tmp_path, capsys, m
     assert main(["--space", "svhn_ablation", "--dry-run", "--num-samples", "7", "--gpus-per-trial", "0.25"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["trials_per_variant"] == 7 and plan["resources"]["gpus_per_trial"] == 0.25
-    assert plan["variants"] == ["full", "no_dp", "no_prior"]
-    assert plan["total_trials"] == 3 * (7 + SPACES["svhn_ablation"].seeds)
+    assert plan["variants"] == ["full", "no_dp", "no_prior", "no_mmd", "no_di"]
+    assert plan["total_trials"] == 5 * (7 + SPACES["svhn_ablation"].seeds)
+    assert plan["attacks"]["whole_suite"] and plan["attacks"]["left_out"] == []
     assert "loss.lambda_dp" not in plan["search"]["no_dp"]
     assert plan["attacks"]["holdout"] == list(SPACES["svhn_ablation"].holdout_attacks)
     assert list(tmp_path.iterdir()) == []  # ran nothing, wrote nothing
@@ -103,24 +109,25 @@ def test_cli_bad_space_exits_nonzero_with_the_valid_names():
 
 # ----------------------------------------------------------------------------- schedule
 class _FakeSearcher:
-    """Suggests {"x": n} for its n-th trial; records what it was told."""
+    """Suggests {"loss.theta_mse": n} for its n-th trial; records what it was told."""
 
     def __init__(self):
         self.asked, self.told = 0, {}
 
     def suggest(self, trial_id):
         self.asked += 1
-        return {"x": float(self.asked)}
+        return {"loss.theta_mse": float(self.asked)}
 
-    def on_trial_result(self, trial_id, result):
-        pass
+    def on_trial_result(self, trial_id, objective, step):
+        self.told.setdefault(("results", trial_id), []).append((objective, step))
 
-    def on_trial_complete(self, trial_id, result=None, error=False):
-        self.told[trial_id] = (result, error)
+    def on_trial_complete(self, trial_id, objective, state):
+        self.told[trial_id] = (objective, state)
 
 
 def _schedule(budget=2, seeds=2):
-    variants = [VariantSearch(v, _FakeSearcher(), {"c": v}, budget=budget, seeds=seeds) for v in ("full", "no_dp")]
+    variants = [VariantSearch(v, _FakeSearcher(), {"train.lr": 0.001, "train.epochs": 3}, budget=budget, seeds=seeds)
+                for v in ("full", "no_dp")]
     return SweepSchedule(variants, metric="objective")
 
 
@@ -130,25 +137,38 @@ def test_schedule_gives_variants_equal_budgets_then_reruns_each_best_over_seeds(
     assert [c["variant"] for c in first] == ["full", "no_dp", "full", "no_dp"]
     assert all(c["phase"] == "search" for c in first)
     assert schedule.suggest("t4") is None  # budgets used up, no search finished yet: wait
-    schedule.on_trial_complete("t0", {"objective": 0.3})
-    schedule.on_trial_complete("t2", {"objective": 0.7})
+    schedule.on_trial_result("t0", {"objective": 0.25, "epoch": 1})
+    schedule.on_trial_complete("t0", {"objective": 0.3, "epoch": 3})
+    schedule.on_trial_complete("t2", {"objective": 0.7, "epoch": 3})
     finals = [schedule.suggest("f0"), schedule.suggest("f1")]
-    assert [(c["phase"], c["variant"], c["train.seed"], c["x"]) for c in finals] == [("final", "full", 0, 2.0), ("final", "full", 1, 2.0)]
+    assert [(c["phase"], c["variant"], c["train.seed"], c["loss.theta_mse"]) for c in finals] == [("final", "full", 0, 2.0), ("final", "full", 1, 2.0)]
     assert schedule.suggest("f2") is None  # no_dp still searching
-    schedule.on_trial_complete("t1", {"objective": float("nan")})
-    schedule.on_trial_complete("t3", {"objective": 0.1})
+    schedule.on_trial_complete("t1", {"objective": float("nan"), "epoch": 3})
+    schedule.on_trial_complete("t3", {"objective": 0.1, "epoch": 3})
     assert schedule.suggest("f2")["variant"] == "no_dp"
-    assert schedule.suggest("f3")["x"] == 2.0  # t3 (0.1) beat t1 (NaN)
+    assert schedule.suggest("f3")["loss.theta_mse"] == 2.0  # t3 (0.1) beat t1 (NaN)
     assert schedule.suggest("f4") == FINISHED
     assert schedule.total_trials == 2 * (2 + 2)
-    assert schedule.variants[0].searcher.told["t2"] == ({"objective": 0.7}, False)
+    told = schedule.variants[0].searcher.told
+    assert told["t2"] == (0.7, "complete") and told[("results", "t0")] == [(0.25, 1)]
+    assert schedule.variants[1].searcher.told["t1"] == (None, "failed")
+
+
+def test_a_trial_stopped_before_its_last_epoch_is_pruned_and_never_the_best():
+    schedule = _schedule(budget=2, seeds=1)
+    schedule.suggest("t0"), schedule.suggest("t1"), schedule.suggest("t2"), schedule.suggest("t3")
+    schedule.on_trial_complete("t0", {"objective": 0.9, "epoch": 1})  # ASHA stopped it at epoch 1 of 3
+    schedule.on_trial_complete("t2", {"objective": 0.4, "epoch": 3})
+    full = schedule.variants[0]
+    assert full.searcher.told["t0"] == (0.9, "pruned") and full.stopped_early == 1
+    assert full.best_score == 0.4 and schedule.suggest("f0")["loss.theta_mse"] == 2.0
 
 
 def test_schedule_state_survives_pickling_mid_sweep():
     schedule = _schedule(budget=3, seeds=1)
     for i in range(3):
         schedule.suggest(f"t{i}")
-    schedule.on_trial_complete("t0", {"objective": 0.5})
+    schedule.on_trial_complete("t0", {"objective": 0.5, "epoch": 3})
     restored = pickle.loads(pickle.dumps(schedule))
     assert [v.suggested for v in restored.variants] == [2, 1]
     assert restored.variants[0].best_score == 0.5 and math.isinf(restored.variants[1].best_score)
