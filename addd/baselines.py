@@ -19,9 +19,16 @@ Every defense is used the same way: ``classifier_for(M_t)(restore(x))``.
 settings an ADD-Defense trial uses. Checkpoints are safetensors (addd.storage) with the config in
 the metadata; nothing is pickled. :func:`load_baseline` reads either kind.
 
+Determinism: on CPU, the same seed gives the same losses and weights, and ``restore`` /
+the classifier give bit-identical outputs before and after save/load. On CUDA the loaded
+weights are identical too, but cuDNN's default algorithms vary in the last bit (measured on an
+H200: 1.2e-7 between two calls of the same module, and run-to-run loss differences of ~1e-6);
+set ``torch.backends.cudnn.deterministic = True`` where bit-exact results matter.
+
 Imports: ``addd.errors``, ``addd.architectures`` and ``addd.inference`` did not exist when this
-module was written; the error base class is taken from ``addd.errors`` when present (else
-ValueError) and the architectures from ``addd.target_models``, where they live today.
+module was written (they appeared uncommitted later). ``BaselineError`` derives from
+``addd.errors.AdddError`` when that module is present (else ValueError); the architectures are
+imported through ``addd.target_models``, which imports them from wherever they live.
 """
 
 from __future__ import annotations
