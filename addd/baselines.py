@@ -102,6 +102,7 @@ def _check_common(cfg: Any) -> None:
 def _check_training_data(x: torch.Tensor, y: torch.Tensor, x_adv: Mapping[str, torch.Tensor], needed: Sequence[str]) -> None:
     _check(x.dim() == 4 and x.dtype == torch.float32, f"x must be float32 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
     _check(y.shape == (x.shape[0],), f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+    _check(x.shape[0] >= 2, f"need at least 2 training examples, got {x.shape[0]}")
     missing = [name for name in needed if name not in x_adv]
     _check(not missing, f"x_adv lacks the known attack(s) {missing}; pass examples for each of {list(needed)}")
     for name in needed:
