@@ -94,8 +94,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="target models and adversarial sets (default: $ADDD_CACHE_DIR or ./.addd_cache)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the run folder")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a flat config key of the space's base config for every trial, e.g. --set train.lr=3e-4 "
+                        "(repeatable; VALUE is JSON when it parses, else a string; a searched key is fixed and no "
+                        "longer searched)")
+    p.add_argument("--sync-mlflow", type=Path, metavar="RUN_DIR",
+                   help="upload to MLflow (--tracking-uri, default the run's own) what it missed during the sweep "
+                        "(<run dir>/mlflow_journal.jsonl); safe to repeat")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.lr=3e-4", "known_attacks=PGDu+PGDt"]`` -> ``{"train.lr": 0.0003, "known_attacks": "PGDu+PGDt"}``."""
+    from sweeps.spaces import SpaceError
+
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpaceError(f"--set {item!r}: write KEY=VALUE, e.g. --set train.lr=3e-4")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        overrides[key] = value
+    return overrides
 
 
 def make_plan(args: argparse.Namespace):
@@ -106,7 +131,7 @@ def make_plan(args: argparse.Namespace):
     from sweeps import _mlflow
     from sweeps.plan import Plan
 
-    space = get_space(args.space, smoke=args.smoke)
+    space = get_space(args.space, smoke=args.smoke).with_base(parse_overrides(args.overrides))
     narrowed = {}
     if args.attacks:
         narrowed["eval_attacks"] = tuple(args.attacks)

@@ -8,6 +8,7 @@ and hands it to the driver. Search ranges are keyed by the flat config keys of
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -179,6 +180,28 @@ class Space:
         """Every attack some trial may train on (their training-split sets are built up front)."""
         return tuple(dict.fromkeys(a for pair in self.known_attack_choices() for a in pair))
 
+    def with_base(self, overrides: Mapping[str, Any]) -> "Space":
+        """This space with flat config values fixed for every trial (``run.py --set KEY=VALUE``).
+
+        A key the space searches is fixed and dropped from the search (the user asked for that
+        value); an unknown key, a value of the wrong type or an invalid value raises SpaceError.
+        """
+        if not overrides:
+            return self
+        base = self.base_config()
+        flat = to_flat_dict(base)
+        unknown = sorted(set(overrides) - set(flat))
+        if unknown:
+            raise SpaceError(f"--set: unknown config key(s) {unknown}; valid keys: {', '.join(sorted(flat))}")
+        for key, value in overrides.items():
+            _check_type(key, value, flat[key])
+        try:
+            base.replace(**overrides)
+        except (ValueError, TypeError) as exc:
+            raise SpaceError(f"--set: {exc}") from None
+        search = {k: d for k, d in self.search.items() if k not in overrides}
+        return replace(self, base={**self.base, **overrides}, search=search).validate()
+
     def smoke(self) -> "Space":
         """A tiny version of this space that runs on a laptop CPU in minutes."""
         return replace(self, **self.smoke_overrides, smoke_overrides={})
@@ -251,6 +274,29 @@ class Space:
         for variant in self.variants:
             ablation(base, variant)
         return self
+
+
+def _check_type(key: str, value: Any, default: Any) -> None:
+    """``--set`` values must have the type of the config field they replace."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(default, bool):
+        ok, want = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, want = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif isinstance(default, float):
+        ok, want = number(value), "a number"
+    elif key == "known_attacks":
+        ok, want = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value)), \
+            "attack names, e.g. PGDu+PGDt"
+    elif isinstance(default, list):  # loss.sigma: a number or a list of numbers
+        ok, want = number(value) or (isinstance(value, list) and all(number(v) for v in value)), \
+            "a number or a JSON list of numbers"
+    else:
+        ok, want = isinstance(value, str), "a string"
+    if not ok:
+        raise SpaceError(f"--set {key}={json.dumps(value)}: {key} must be {want}")
 
 
 def _corners(dom: Domain) -> tuple[Any, ...]:
