@@ -7,13 +7,24 @@ nest under the parent in the UI through the ``mlflow.parentRunId`` tag; each car
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
+import shutil
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
+
+from addd.errors import AdddError
 
 log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "mlflow_journal.jsonl"  # every MLflow call that failed, in order, for --sync-mlflow
+JOURNAL_FILES_DIR = "mlflow_journal_files"  # copies of artifacts (figures, curves) the server missed
+PENDING = "pending:"  # run-id prefix of a child run the server has not created yet
+RETRY_SECONDS = 30.0  # how often an offline tracker tries the server again
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "addd.trial_key"
@@ -24,78 +35,269 @@ def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
 
 
-class Tracker:
-    """A thin wrapper over ``MlflowClient`` with the few operations the sweep needs."""
+class TrackingError(AdddError):
+    """MLflow cannot be used as asked; the message says what to do."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None):
+
+class Tracker:
+    """A thin wrapper over ``MlflowClient`` with the few operations the sweep needs.
+
+    Resilient: an MLflow call that fails (server gone, network down) never stops the sweep. It is
+    appended to ``journal`` (``<run dir>/mlflow_journal.jsonl``; artifacts are copied next to it)
+    and the tracker goes offline, trying the server again every ``RETRY_SECONDS``; when it
+    answers, the journal is replayed (see :func:`sync`) and the tracker is online again. What is
+    still in the journal at the end is uploaded by ``python sweeps/run.py --sync-mlflow RUN_DIR``.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None,
+                 journal: Path | None = None):
         import mlflow
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        if tracking_uri.startswith(("http://", "https://")):
+            # MLflow's default is 7 retries with exponential backoff (minutes per call on a dead
+            # server); the journal is our retry, so a call may fail fast.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         mlflow.set_tracking_uri(tracking_uri)
-        self.tracking_uri = tracking_uri
+        self.tracking_uri, self.experiment = tracking_uri, experiment
+        self.journal = Path(journal) if journal is not None else None
         self.client = MlflowClient(tracking_uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment, artifact_location=artifact_location)
-        )
+        self.online, self._offline_since = True, 0.0
+        self._resolved: dict[str, str] = {}  # pending child id -> its real run id, once created
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (found.experiment_id if found
+                                  else self.client.create_experiment(experiment, artifact_location=artifact_location))
+        except Exception as exc:  # noqa: BLE001 - any failure here means: no usable server
+            raise TrackingError(f"MLflow at {tracking_uri} is not usable ({_one_line(exc)}); start the server or "
+                                f"pass another --tracking-uri") from None
+
+    # -- resilience
+    def _call(self, record: dict[str, Any], fn: Callable[[], Any], fallback: Any = None) -> Any:
+        """``fn()``, or, if MLflow fails or is offline, ``record`` appended to the journal."""
+        if not self.online and not self._try_reconnect():
+            self._append(record)
+            return fallback
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - the journal keeps it; the sweep goes on
+            if self.journal is None:
+                raise
+            if self.online:
+                log.warning("MLflow at %s failed (%s); recording to %s until it answers again "
+                            "(then: python sweeps/run.py --sync-mlflow %s)",
+                            self.tracking_uri, _one_line(exc), self.journal, self.journal.parent)
+            self.online, self._offline_since = False, time.monotonic()
+            self._append({**record, "error": _one_line(exc)})
+            return fallback
+
+    def _append(self, record: dict[str, Any]) -> None:
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.journal, "a") as fh:
+            fh.write(json.dumps({"experiment": self.experiment, **record}, default=str) + "\n")
+
+    def _try_reconnect(self) -> bool:
+        if time.monotonic() - self._offline_since < RETRY_SECONDS:
+            return False
+        self._offline_since = time.monotonic()
+        try:
+            self.client.get_experiment(self.experiment_id)
+            replayed = sync(self.journal, self.tracking_uri, client=self.client, resolved=self._resolved)
+        except Exception as exc:  # noqa: BLE001 - still down
+            log.debug("MLflow still unreachable: %s", _one_line(exc))
+            return False
+        if self.journal.exists():
+            self.journal.rename(self.journal.with_name(f"{self.journal.stem}.replayed-{time.time_ns()}.jsonl"))
+        self.online = True
+        log.warning("MLflow at %s answers again; %d journalled call(s) replayed", self.tracking_uri, replayed)
+        return True
+
+    def _run_id(self, run_id: str) -> str:
+        return self._resolved.get(run_id, run_id)
+
+    def _keep_file(self, path: Path) -> str:
+        """A copy of ``path`` in the run folder, for a later upload (the original may be temporary)."""
+        dest = self.journal.parent / JOURNAL_FILES_DIR / uuid.uuid4().hex[:12] / Path(path).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest)
+        return str(dest)
 
     # -- runs
     def start_parent(self, name: str, tags: Mapping[str, str], params: Mapping[str, Any]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
+        try:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=dict(tags))
+        except Exception as exc:  # noqa: BLE001
+            raise TrackingError(f"MLflow at {self.tracking_uri} cannot create the sweep's run ({_one_line(exc)}); "
+                                f"start the server or pass another --tracking-uri") from None
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
     def child(self, parent_id: str, key: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         """The child run for ``key`` under ``parent_id``: the existing one (resume) or a new one."""
-        existing = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{key}'",
-            max_results=1,
-        )
-        if existing:
-            run_id = existing[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = self.client.create_run(
-            self.experiment_id, run_name=name, tags={PARENT_TAG: parent_id, TRIAL_TAG: key, **tags}
-        )
-        self.log_params(run.info.run_id, params)
-        return run.info.run_id
+        record = {"op": "child", "run": PENDING + key, "parent": parent_id, "key": key, "name": name,
+                  "params": dict(params), "tags": dict(tags)}
+        return self._call(record, lambda: _find_or_create_child(self.client, self.experiment_id, parent_id, key, name,
+                                                                 params, tags, reopen=True), fallback=PENDING + key)
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(run_id, key, value)
+        run_id = self._run_id(run_id)
+
+        def fn():
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+        self._call({"op": "tags", "run": run_id, "tags": dict(tags)}, fn)
 
     def finish(self, run_id: str, ok: bool = True) -> None:
-        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+        run_id, status = self._run_id(run_id), "FINISHED" if ok else "FAILED"
+        self._call({"op": "finish", "run": run_id, "status": status},
+                   lambda: self.client.set_terminated(run_id, status=status))
 
     # -- data
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        have = self.client.get_run(run_id).data.params
-        new = [Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items() if k not in have]
-        for begin in range(0, len(new), 100):
-            self.client.log_batch(run_id, params=new[begin : begin + 100])
+        run_id = self._run_id(run_id)
+        self._call({"op": "params", "run": run_id, "params": {k: str(v) for k, v in params.items()}},
+                   lambda: _log_params(self.client, run_id, params))
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(_metric_name(k), float(v), now, step)
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        ]
-        for begin in range(0, len(batch), 500):
-            self.client.log_batch(run_id, metrics=batch[begin : begin + 500])
+        run_id, now = self._run_id(run_id), int(time.time() * 1000)
+        finite = {_metric_name(k): float(v) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        if finite:
+            self._call({"op": "metrics", "run": run_id, "metrics": finite, "step": step, "timestamp": now},
+                       lambda: _log_metrics(self.client, run_id, finite, step, now))
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
-        self.client.log_artifact(run_id, str(path), artifact_path)
+        run_id = self._run_id(run_id)
+        if not self.online and self.journal is not None and not self._try_reconnect():
+            self._append({"op": "artifact", "run": run_id, "path": self._keep_file(path), "artifact_path": artifact_path})
+            return
+        try:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+        except Exception:  # noqa: BLE001
+            if self.journal is None:
+                raise
+            record = {"op": "artifact", "run": run_id, "path": self._keep_file(path), "artifact_path": artifact_path}
+            self._call(record, _raise_again)
 
     def log_figure(self, run_id: str, figure: Any, name: str) -> None:
-        self.client.log_figure(run_id, figure, name)
+        import tempfile
+
+        run_id = self._run_id(run_id)
+        if self.online:
+            try:
+                self.client.log_figure(run_id, figure, name)
+                return
+            except Exception:  # noqa: BLE001 - saved as a file below, journalled
+                if self.journal is None:
+                    raise
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / Path(name).name
+            figure.savefig(path)
+            self.log_artifact(run_id, path, str(Path(name).parent) if Path(name).parent != Path(".") else None)
+
+
+def _raise_again() -> None:
+    raise RuntimeError("MLflow call failed")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else text or type(exc).__name__
+
+
+def _find_child(client, experiment_id: str, parent_id: str, key: str):
+    found = client.search_runs([experiment_id], max_results=1,
+                               filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{key}'")
+    return found[0].info.run_id if found else None
+
+
+def _find_or_create_child(client, experiment_id: str, parent_id: str, key: str, name: str, params: Mapping[str, Any],
+                          tags: Mapping[str, str], reopen: bool) -> str:
+    run_id = _find_child(client, experiment_id, parent_id, key)
+    if run_id is not None:
+        if reopen:
+            client.update_run(run_id, status="RUNNING")
+    else:
+        run_id = client.create_run(experiment_id, run_name=name, tags={PARENT_TAG: parent_id, TRIAL_TAG: key, **tags}
+                                   ).info.run_id
+    _log_params(client, run_id, params)
+    return run_id
+
+
+def _log_params(client, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    have = client.get_run(run_id).data.params
+    new = [Param(k, str(v)[:_MAX_PARAM]) for k, v in params.items() if k not in have]
+    for begin in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[begin : begin + 100])
+
+
+def _log_metrics(client, run_id: str, metrics: Mapping[str, float], step: int, timestamp: int,
+                 skip_logged: bool = False) -> int:
+    """Log ``metrics`` at ``step``; with ``skip_logged``, leave out any value already there (replays)."""
+    from mlflow.entities import Metric
+
+    batch = [Metric(k, v, timestamp, step) for k, v in metrics.items()]
+    if skip_logged:
+        have = {k: {(m.step, m.timestamp, m.value) for m in client.get_metric_history(run_id, k)} for k in metrics}
+        batch = [m for m in batch if (m.step, m.timestamp, m.value) not in have[m.key]]
+    for begin in range(0, len(batch), 500):
+        client.log_batch(run_id, metrics=batch[begin : begin + 500])
+    return len(batch)
+
+
+def sync(journal: Path, tracking_uri: str, client=None, resolved: dict[str, str] | None = None) -> int:
+    """Replay ``journal`` (written by a :class:`Tracker` while MLflow was unreachable) to
+    ``tracking_uri``, idempotently: child runs are found by their trial-key tag before one is
+    made, params and metrics already there are skipped, artifacts are overwritten, statuses set.
+    Returns the number of records replayed; raises on the first call that fails (run it again)."""
+    from mlflow.tracking import MlflowClient
+
+    journal = Path(journal)
+    if not journal.exists():
+        return 0
+    client = client or MlflowClient(tracking_uri)
+    resolved = resolved if resolved is not None else {}
+    experiments: dict[str, str] = {}
+    records = [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+
+    def experiment_id(name: str) -> str:
+        if name not in experiments:
+            found = client.get_experiment_by_name(name)
+            experiments[name] = found.experiment_id if found else client.create_experiment(name)
+        return experiments[name]
+
+    def run_of(record: dict) -> str:
+        run = resolved.get(record["run"], record["run"])
+        if run.startswith(PENDING):  # its child record failed too and has not been replayed: a bug
+            raise TrackingError(f"{journal}: run {run} was never created; the journal is incomplete")
+        return run
+
+    for record in records:
+        op = record["op"]
+        if op == "child":
+            parent = resolved.get(record["parent"], record["parent"])
+            resolved[record["run"]] = _find_or_create_child(client, experiment_id(record["experiment"]), parent,
+                                                            record["key"], record["name"], record["params"],
+                                                            record["tags"], reopen=False)
+        elif op == "params":
+            _log_params(client, run_of(record), record["params"])
+        elif op == "tags":
+            for key, value in record["tags"].items():
+                client.set_tag(run_of(record), key, value)
+        elif op == "metrics":
+            _log_metrics(client, run_of(record), record["metrics"], record["step"], record["timestamp"], skip_logged=True)
+        elif op == "artifact":
+            client.log_artifact(run_of(record), record["path"], record.get("artifact_path"))
+        elif op == "finish":
+            client.set_terminated(run_of(record), status=record["status"])
+        else:
+            raise TrackingError(f"{journal}: unknown record {op!r}; was it written by a newer version?")
+    return len(records)
 
 
 def _metric_name(key: str) -> str:

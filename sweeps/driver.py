@@ -159,7 +159,8 @@ def prepare(plan: Plan) -> Prepared:
     t0 = time.perf_counter()
     code_version = _code_version()
     dataset = load_data(plan)
-    tracker = _mlflow.Tracker(plan.tracking_uri, plan.experiment, plan.artifact_location)  # fails fast if unreachable
+    tracker = _mlflow.Tracker(plan.tracking_uri, plan.experiment, plan.artifact_location,  # fails fast if unreachable
+                              journal=plan.run_dir / _mlflow.JOURNAL_FILE)  # later failures: journalled
     state = SweepState.open(plan)
     resources = _ray.init(plan.address, plan.num_cpus)
     if plan.address is not None:

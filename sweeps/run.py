@@ -166,6 +166,87 @@ def make_plan(args: argparse.Namespace):
     )
 
 
+def _reachable(host: str, port: int, timeout: float = 3.0) -> str | None:
+    """None if a TCP connection to host:port opens within ``timeout``, else why not."""
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc) or type(exc).__name__
+
+
+def preflight(plan) -> None:
+    """What can be known before the sweep loads data, starts Ray or writes anything: the MLflow
+    server and the Ray cluster answer, and the run folder can be written. Raises SweepError."""
+    import os
+    import tempfile
+    from urllib.parse import urlparse
+
+    from sweeps.plan import SweepError
+
+    uri = urlparse(plan.tracking_uri)
+    if uri.scheme in ("http", "https"):
+        port = uri.port or (443 if uri.scheme == "https" else 80)
+        if why := _reachable(uri.hostname or "localhost", port):
+            raise SweepError(f"--tracking-uri {plan.tracking_uri} is not reachable ({why}); start the MLflow server "
+                             f"(mlflow server --host 127.0.0.1 --port {port}) or drop --tracking-uri to record in the run folder")
+    if plan.address == "auto":
+        if not (os.environ.get("RAY_ADDRESS") or Path(tempfile.gettempdir(), "ray", "ray_current_cluster").exists()):
+            raise SweepError("--address auto found no running Ray on this machine; start one (ray start --head) "
+                             "or drop --address to start a private local Ray")
+    elif plan.address:
+        target = urlparse(plan.address if "://" in plan.address else f"ray://{plan.address}")
+        if target.hostname is None or target.port is None:
+            raise SweepError(f"--address {plan.address}: write HOST:PORT (e.g. 10.0.0.5:6379) or auto")
+        if why := _reachable(target.hostname, target.port):
+            raise SweepError(f"--address {plan.address}: no Ray cluster answers there ({why}); check the head's address "
+                             f"and port (ray status on the head) or drop --address to start a local Ray")
+    folder = plan.run_dir
+    while not folder.exists():  # the nearest existing folder decides whether the run folder can be made
+        folder = folder.parent
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as exc:
+        raise SweepError(f"cannot write the run folder {plan.run_dir} ({exc.strerror or exc} in {folder}); "
+                         f"pass a writable --run-dir") from None
+
+
+def sync_mlflow(run_dir: Path, tracking_uri: str | None) -> int:
+    """``--sync-mlflow RUN_DIR``: upload what MLflow missed during that sweep (idempotent)."""
+    from sweeps import _mlflow
+    from sweeps.plan import SweepError
+
+    run_dir = run_dir.resolve()
+    plan_file = run_dir / "plan.json"
+    if not plan_file.exists():
+        raise SweepError(f"{run_dir} is not a sweep's run folder (no plan.json); pass the --run-dir of a sweep")
+    journal = run_dir / _mlflow.JOURNAL_FILE
+    if not journal.exists():
+        print(f"nothing to sync: MLflow missed nothing of {run_dir} (no {_mlflow.JOURNAL_FILE})")
+        return 0
+    try:
+        uri = tracking_uri or json.loads(plan_file.read_text())["tracking_uri"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise SweepError(f"{plan_file} is unreadable ({exc}); pass --tracking-uri") from None
+    if uri.startswith(("http://", "https://")):
+        from urllib.parse import urlparse
+
+        parsed = urlparse(uri)
+        if why := _reachable(parsed.hostname or "localhost", parsed.port or (443 if parsed.scheme == "https" else 80)):
+            raise SweepError(f"MLflow at {uri} is not reachable ({why}); start it or pass --tracking-uri")
+    try:
+        count = _mlflow.sync(journal, uri)
+    except AdddError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - MLflow's own errors: one line, then run it again
+        raise SweepError(f"MLflow at {uri} failed during the sync ({' '.join(str(exc).split())[:300]}); "
+                         f"run --sync-mlflow again (it is idempotent)") from None
+    print(f"synced {count} journalled MLflow call(s) of {run_dir} to {uri}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -178,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, space in SPACES.items():
             print(f"{name:16s} {space.dataset:14s} {space.description}")
         return 0
+    if args.sync_mlflow:
+        try:
+            return sync_mlflow(args.sync_mlflow, args.tracking_uri)
+        except AdddError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if not args.space:
         parser.print_usage(sys.stderr)
         print(f"error: give --space NAME (one of {', '.join(SPACES)}) or --list-spaces", file=sys.stderr)
@@ -187,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print(json.dumps(plan.describe(), indent=2))
             return 0
+        preflight(plan)
         from sweeps.driver import run_sweep
 
         summary_path = run_sweep(plan)
