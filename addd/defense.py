@@ -14,6 +14,7 @@ differentiable, for adaptive attacks).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -73,6 +74,44 @@ class DomainForward:
 class _Optimizers:
     main: torch.optim.Optimizer  # E, G, C
     discriminators: torch.optim.Optimizer | None  # D_P and D_I
+
+
+TRAINING_STATE_FORMAT = "addd-training-state/1"
+
+
+@dataclass
+class TrainingState:
+    """What ``fit`` needs, beyond the weights, to continue as if it had never stopped: both Adam
+    optimisers' state (moments, step counts, hyper-parameters) and the shuffle and noise RNGs.
+    Flat tensors (``optim.<main|discriminators>.<param index>.<name>``, ``rng.<name>``) plus JSON
+    metadata, so it is saved with safetensors (no pickle)."""
+
+    tensors: dict[str, torch.Tensor]
+    metadata: dict
+
+    def save(self, path: str | Path) -> Path:
+        save_tensors(path, self.tensors, {"format": TRAINING_STATE_FORMAT, **self.metadata})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainingState":
+        tensors, metadata = load_tensors(path)
+        if metadata.pop("format", None) != TRAINING_STATE_FORMAT:
+            raise StorageError(f"{path} is not an ADD-Defense training state (expected {TRAINING_STATE_FORMAT!r})")
+        return cls(tensors, metadata)
+
+    def optimizer(self, name: str) -> dict | None:
+        """The ``torch.optim`` state dict of optimiser ``name`` (``main`` or ``discriminators``)."""
+        meta = self.metadata["optimizers"].get(name)
+        if meta is None:
+            return None
+        state: dict[int, dict] = {int(i): dict(values) for i, values in meta["scalars"].items()}
+        prefix = f"optim.{name}."
+        for key, tensor in self.tensors.items():
+            if key.startswith(prefix):
+                index, _, field_name = key[len(prefix):].partition(".")
+                state.setdefault(int(index), {})[field_name] = tensor
+        return {"state": state, "param_groups": meta["param_groups"]}
 
 
 class ADDDefense(nn.Module):
@@ -205,12 +244,15 @@ class ADDDefense(nn.Module):
         x_adv: Mapping[str, torch.Tensor],
         callback: EpochCallback | None = None,
         epochs: int | None = None,
+        resume_state: TrainingState | None = None,
     ) -> list[EpochReport]:
         """Train on originals ``x`` (N, C, H, W), labels ``y`` (N,) and, for every known attack
         of the config, its adversarial examples ``x_adv[name]`` paired with ``x``.
 
         ``callback(report, defense)`` runs after each epoch (return False to stop). Raises
-        NonFiniteLossError as soon as a loss is NaN/inf.
+        NonFiniteLossError as soon as a loss is NaN/inf. ``resume_state`` (from
+        :meth:`optimizer_state` after an earlier ``fit``) continues that training where it stopped:
+        same Adam moments and step counts, same shuffling and noise streams.
         """
         known = self.config.known_attacks
         missing = [name for name in known if name not in x_adv]
@@ -231,6 +273,17 @@ class ADDDefense(nn.Module):
         optimizers = self._make_optimizers()
         shuffle = torch.Generator().manual_seed(t.seed)
         noise = torch.Generator(device=device).manual_seed(t.seed + 1)
+        if resume_state is not None:
+            for name in ("main", "discriminators"):
+                optimizer, saved = getattr(optimizers, name), resume_state.optimizer(name)
+                if (optimizer is None) != (saved is None):
+                    raise StorageError(f"training state has {'no ' if saved is None else ''}{name} optimiser but this "
+                                       f"defense {'has' if optimizer is not None else 'has none'}; was it saved by another config?")
+                if optimizer is not None:
+                    optimizer.load_state_dict(saved)
+            shuffle.set_state(resume_state.tensors["rng.shuffle"])
+            noise.set_state(resume_state.tensors["rng.noise"])
+        self._training = (optimizers, shuffle, noise)
         adversarial = [x_adv[name] for name in known]
         n, batch = x.shape[0], min(t.batch_size, x.shape[0])
         reports: list[EpochReport] = []
@@ -260,6 +313,32 @@ class ADDDefense(nn.Module):
                 break
         self.eval()
         return reports
+
+    def optimizer_state(self) -> TrainingState:
+        """The optimisers' and RNGs' state of the last ``fit`` (call it from the epoch callback
+        or after ``fit``), for ``fit(..., resume_state=...)``."""
+        training = getattr(self, "_training", None)
+        if training is None:
+            raise RuntimeError("optimizer_state() needs a fit() first: no optimiser exists yet")
+        optimizers, shuffle, noise = training
+        tensors = {"rng.shuffle": shuffle.get_state(), "rng.noise": noise.get_state()}
+        meta: dict[str, dict | None] = {}
+        for name in ("main", "discriminators"):
+            optimizer = getattr(optimizers, name)
+            if optimizer is None:
+                meta[name] = None
+                continue
+            sd = optimizer.state_dict()
+            scalars: dict[str, dict] = {}
+            for index, values in sd["state"].items():
+                scalars[str(index)] = {}
+                for field_name, value in values.items():
+                    if isinstance(value, torch.Tensor):
+                        tensors[f"optim.{name}.{index}.{field_name}"] = value
+                    else:
+                        scalars[str(index)][field_name] = value
+            meta[name] = json.loads(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))  # as saved
+        return TrainingState(tensors, {"optimizers": meta})
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path, extra_metadata: Mapping[str, object] | None = None) -> Path:
