@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import matplotlib
 
@@ -12,25 +12,53 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def ablation_bars(table: pd.DataFrame, title: str) -> plt.Figure:
-    """Grouped bars like paper Fig 12: one group per attack, one bar per variant, std as error bars.
+def ablation_bars(table: pd.DataFrame, summary: Mapping, known: Sequence[str], title: str) -> plt.Figure:
+    """Paper Fig 12 layout: grouped bars of oblivious test accuracy per attack, one bar per defense,
+    ± std over seeds as error bars. Rows: tuned ablations, fixed ablations, baselines (each with
+    full for reference); columns: the known attacks (of full's best config), the unknown ones. The
+    y axis is zoomed to the bars (differences visible, not 0-1); the legend sits right of the bars.
 
-    ``table``: columns variant, attack, mean, std (accuracies in [0, 1]).
-    """
-    variants = list(dict.fromkeys(table["variant"]))
-    attacks = list(dict.fromkeys(table["attack"]))
-    width = 0.8 / max(1, len(variants))
-    figure, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(attacks) + 2), 4))
-    positions = np.arange(len(attacks))
-    for i, variant in enumerate(variants):
-        rows = table[table["variant"] == variant].set_index("attack").reindex(attacks)
-        ax.bar(positions + i * width - 0.4 + width / 2, rows["mean"], width, yerr=rows["std"], capsize=3, label=variant)
-    ax.set_xticks(positions)
-    ax.set_xticklabels(attacks, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("test accuracy (defended)")
-    ax.set_title(title)
-    ax.legend(title="variant")
+    ``table``: ablations.report.accuracy_table (columns variant, kind, figure, attack, mean, std)."""
+    obl = table[table["figure"].str.startswith("acc.defended.")]
+    attacks = [a for a in (summary.get("eval_attacks") or list(dict.fromkeys(obl["attack"]))) if a in set(obl["attack"])]
+    groups = [(kind, label) for kind, label in (("tuned", "tuned ablations"), ("fixed", "fixed ablations (full's config)"),
+                                                ("baseline", "baselines")) if (obl["kind"] == kind).any()]
+    if not groups or not attacks:
+        figure, ax = plt.subplots(figsize=(6, 3))
+        ax.text(0.5, 0.5, "no per-attack test figures", ha="center", va="center")
+        ax.set_axis_off()
+        return figure
+    sides = [("known attacks (trained on)", [a for a in attacks if a in known]),
+             ("unknown attacks", [a for a in attacks if a not in known])]
+    sides = [(label, chosen) for label, chosen in sides if chosen]
+    low = float(np.nanmin(obl["mean"] - obl["std"].fillna(0)))
+    high = float(np.nanmax(obl["mean"] + obl["std"].fillna(0)))
+    pad = max(0.02, 0.08 * (high - low))
+    ylim = (max(0.0, low - pad), min(1.0, high + pad)) if high > low else (max(0.0, low - 0.05), min(1.0, high + 0.05))
+    figure, axes = plt.subplots(len(groups), len(sides), squeeze=False, sharey=True,
+                                figsize=(2.0 + 0.9 * len(attacks) + 2.5, 2.8 * len(groups) + 0.8),
+                                gridspec_kw={"width_ratios": [len(c) for _, c in sides]})
+    colours = plt.get_cmap("tab10")
+    for r, (kind, label) in enumerate(groups):
+        names = ["full", *[n for n in dict.fromkeys(obl[obl["kind"] == kind]["variant"]) if n != "full"]]
+        width = 0.8 / len(names)
+        for c, (side, chosen) in enumerate(sides):
+            ax = axes[r][c]
+            positions = np.arange(len(chosen))
+            for i, name in enumerate(names):
+                rows = obl[obl["variant"] == name].set_index("attack").reindex(chosen)
+                ax.bar(positions + i * width - 0.4 + width / 2, rows["mean"], width, yerr=rows["std"], capsize=2,
+                       label=name, color=colours(i % 10), error_kw={"elinewidth": 0.8})
+            ax.set_xticks(positions)
+            ax.set_xticklabels(chosen, rotation=30, ha="right", fontsize=8)
+            ax.set_ylim(*ylim)
+            ax.grid(axis="y", alpha=0.3)
+            ax.set_title(f"{label}: {side}", fontsize=9)
+        axes[r][0].set_ylabel("oblivious test accuracy")
+        axes[r][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="defense",
+                           title_fontsize=8, frameon=False)
+    figure.suptitle(f"{title}\nbars: mean over seeds, error bars: ± std; y axis zoomed to [{ylim[0]:.2f}, {ylim[1]:.2f}]",
+                    fontsize=10)
     figure.tight_layout()
     return figure
 

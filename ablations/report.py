@@ -1,5 +1,15 @@
-"""Build the ablation report from a sweep's ``summary.json``: tables (CSV, Markdown) and a
-Fig-12-style plot. Run on its own: ``python -m ablations.report runs/digits_ablation/summary.json``."""
+"""Build the ablation report from a sweep's (or a study's) ``summary.json``.
+
+Writes into ``out_dir``: ``report.md`` (every defense: tuned ablations, fixed ablations,
+baselines; undefended / oblivious / adaptive accuracy per attack with the threat model in each
+column header, worst cases, clean and reconstruction accuracy, configs, statistics over seeds,
+differences to full with paired-bootstrap intervals and verdicts), ``test_accuracy.csv`` (the
+long table of every figure), ``differences.csv``, ``search.csv``, ``ablation.png`` (paper Fig 12
+layout), ``robustness_curves.png`` and ``restored.png``. The Optuna plots
+(``optuna_*.png``, written by the sweep) are linked when present.
+
+Run on its own: ``python -m ablations.report runs/digits_ablation/summary.json``.
+"""
 
 from __future__ import annotations
 
@@ -13,117 +23,422 @@ from typing import Any, Mapping
 import pandas as pd
 
 DEFENDED = "acc.defended."
+UNDEFENDED = "acc.undefended."
+KIND_TITLES = {"tuned": "tuned ablation (own search)", "fixed": "fixed ablation (full's best config, one part removed)",
+               "baseline": "baseline"}
+# adaptive figure reported beside each oblivious attack (same defense, same norm and ε)
+ADAPTIVE_BESIDE = {"PGDu": "adaptive.pgd_worst", "PGDt": "adaptive.pgd_worst", "AA_Linf": "adaptive.aa_linf",
+                   "AA_L2": "adaptive.aa_l2"}
+SUMMARY_ROWS = {  # figure -> (column header naming its threat model)
+    "acc.clean": "clean: M_t(x), no attack, no defense",
+    "acc.reconstruction": "reconstruction: M_t(G(E(x))), no attack",
+    "worst.unknown": "worst unknown attack (oblivious)",
+    "worst.unknown_per_sample": "worst unknown, per sample (oblivious)",
+    "worst.holdout": "worst holdout attack (oblivious)",
+    "adaptive.pgd_worst": "PGD adaptive on M_t∘G∘E (CE+margin)",
+}
+
+
+# ----------------------------------------------------------------------------- data
+def all_defenses(summary: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str, Any]]]:
+    """name -> (kind, entry): tuned variants, fixed ablations (``fixed-<v>``), baselines."""
+    out: dict[str, tuple[str, Mapping[str, Any]]] = {}
+    for v, e in summary.get("variants", {}).items():
+        out[v] = ("tuned", e)
+    for v, e in summary.get("fixed", {}).items():
+        out[f"fixed-{v}"] = ("fixed", e)
+    for k, e in summary.get("baselines", {}).items():
+        out[k] = ("baseline", e)
+    return out
+
+
+def known_attacks(entry: Mapping[str, Any]) -> tuple[str, ...]:
+    known = entry.get("known_attacks")
+    if known is None:
+        known = (entry.get("best_config") or {}).get("known_attacks", ())
+    return tuple(a for a in known.split("+") if a) if isinstance(known, str) else tuple(known or ())
+
+
+def _threat(figure: str) -> str:
+    if figure.startswith(DEFENDED) or figure.startswith("worst."):
+        return "oblivious"
+    if figure.startswith(UNDEFENDED):
+        return "undefended (white-box on M_t)"
+    if figure.startswith("adaptive."):
+        return "adaptive (whole pipeline)"
+    return {"acc.clean": "no attack, no defense", "acc.reconstruction": "no attack, through the defense"}.get(figure, "")
 
 
 def accuracy_table(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """Long table of test figures: variant, attack, mean, std, n_seeds (defended accuracies),
-    plus the rows clean, reconstruction, worst.unknown, worst.holdout, worst.unknown_per_sample."""
+    """Long table of every test figure of every defense: variant (= defense name), kind, figure,
+    threat_model, attack, mean, std, ci_low, ci_high, n_seeds."""
     rows = []
     extras = {"acc.clean": "clean", "acc.reconstruction": "reconstruction", "worst.unknown": "worst unknown",
               "worst.unknown_per_sample": "worst unknown (per sample)", "worst.holdout": "worst holdout"}
-    for variant, entry in summary["variants"].items():
-        for name, stats in entry["test"].items():
-            if name.startswith(DEFENDED):
-                attack = name[len(DEFENDED):]
-            elif name in extras:
-                attack = extras[name]
-            else:
-                continue
-            values = [v for v in stats["values"] if v is not None and not math.isnan(v)]
-            rows.append({"variant": variant, "attack": attack, "mean": stats["mean"], "std": stats["std"], "n_seeds": len(values)})
-    return pd.DataFrame(rows, columns=["variant", "attack", "mean", "std", "n_seeds"])
+    for name, (kind, entry) in all_defenses(summary).items():
+        for section in ("test", "adaptive"):
+            for figure, stats in entry.get(section, {}).items():
+                figure = figure if section == "test" else f"adaptive.{figure}"
+                if figure.startswith(DEFENDED):
+                    attack = figure[len(DEFENDED):]
+                elif figure.startswith(UNDEFENDED):
+                    attack = figure[len(UNDEFENDED):]
+                elif figure in extras:
+                    attack = extras[figure]
+                else:
+                    attack = figure
+                values = [v for v in stats["values"] if v is not None and not math.isnan(v)]
+                lo, hi = (stats.get("ci95") or [math.nan, math.nan])
+                rows.append({"variant": name, "kind": kind, "figure": figure, "threat_model": _threat(figure),
+                             "attack": attack, "mean": stats["mean"], "std": stats["std"], "ci_low": lo, "ci_high": hi,
+                             "n_seeds": len(values)})
+    return pd.DataFrame(rows, columns=["variant", "kind", "figure", "threat_model", "attack", "mean", "std", "ci_low",
+                                       "ci_high", "n_seeds"])
 
 
 def search_table(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per variant: trials, best validation objective, and the best config's searched values."""
+    """One row per tuned variant: trials, best validation objective, and the best config's searched values."""
     rows = []
     for variant, entry in summary["variants"].items():
-        config = entry["best_config"]
+        config = entry.get("best_config") or {}
+        search = entry.get("search", {})
         rows.append({
             "variant": variant,
-            "trials": entry["search"]["trials"],
-            "best_val_objective": entry["search"]["best_val_objective"],
-            **{k: config.get(k) for k in ("loss.lambda_prior", "loss.lambda_dp", "loss.lambda_cls", "loss.theta_mse", "loss.sigma", "known_attacks")},
+            "trials": search.get("trials"),
+            "best_val_objective": search.get("best_val_objective"),
+            **{k: config.get(k) for k in ("loss.lambda_prior", "loss.lambda_dp", "loss.lambda_cls", "loss.theta_mse",
+                                          "loss.sigma", "known_attacks")},
         })
     return pd.DataFrame(rows)
 
 
+def adaptive_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """variant, attack (adaptive metric), mean, std, n_seeds."""
+    rows = []
+    for name, (_, entry) in all_defenses(summary).items():
+        for metric, stats in entry.get("adaptive", {}).items():
+            rows.append({"variant": name, "attack": metric, "mean": stats["mean"], "std": stats["std"],
+                         "n_seeds": stats.get("n")})
+    return pd.DataFrame(rows, columns=["variant", "attack", "mean", "std", "n_seeds"])
+
+
+def differences_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    rows = []
+    for name, c in summary.get("comparisons", {}).items():
+        for figure, d in c["figures"].items():
+            rows.append({"defense": name, "kind": c["kind"], "figure": figure, "full": d["full"], "other": d["other"],
+                         "difference": d["difference"], "ci_low": d["ci95"][0], "ci_high": d["ci95"][1],
+                         "within_noise": d["within_noise"], "n_seeds": d["n_seeds"], "n_examples": d["n_examples"],
+                         "verdict": d["verdict"]})
+    return pd.DataFrame(rows, columns=["defense", "kind", "figure", "full", "other", "difference", "ci_low", "ci_high",
+                                       "within_noise", "n_seeds", "n_examples", "verdict"])
+
+
+# ----------------------------------------------------------------------------- formatting
 def _markdown(frame: pd.DataFrame) -> str:
     """A GitHub Markdown table (pandas' to_markdown needs the optional tabulate package)."""
     def cell(value: Any) -> str:
         return f"{value:.4g}" if isinstance(value, float) else str(value)
 
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines = ["| " + " | ".join(str(c) for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
-def curve_frames(curves_dir: Path | None) -> dict[str, pd.DataFrame]:
-    """variant -> its final seeds' robustness curves (curves/<variant>-seed<k>.csv), stacked."""
+def fmt(stats: Mapping[str, Any] | None, ci: bool = False) -> str:
+    """``mean ± std`` (and ``[lo, hi] n=k`` with ci); ``—`` when absent."""
+    if not stats or stats.get("mean") is None or (isinstance(stats["mean"], float) and math.isnan(stats["mean"])):
+        return "—"
+    text = f"{stats['mean']:.3f} ± {stats['std']:.3f}"
+    if ci:
+        lo, hi = stats.get("ci95") or [math.nan, math.nan]
+        text += f" [{lo:.3f}, {hi:.3f}]" if not (math.isnan(lo) or math.isnan(hi)) else " [n/a: 1 seed]"
+        text += f" n={stats.get('n')}"
+    return text
+
+
+def _diff_cell(d: Mapping[str, Any] | None) -> str:
+    if not d:
+        return "—"
+    lo, hi = d["ci95"]
+    return f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" within noise" if d["within_noise"] else "")
+
+
+def _figure(entry: Mapping[str, Any], figure: str) -> Mapping[str, Any] | None:
+    if figure.startswith("adaptive."):
+        return entry.get("adaptive", {}).get(figure[len("adaptive."):])
+    return entry.get("test", {}).get(figure)
+
+
+def eval_attacks(summary: Mapping[str, Any]) -> list[str]:
+    """The scored attacks: summary["eval_attacks"], else those with a defended figure."""
+    if summary.get("eval_attacks"):
+        return list(summary["eval_attacks"])
+    return list(dict.fromkeys(f[len(DEFENDED):] for _, (_, e) in all_defenses(summary).items()
+                              for f in e.get("test", {}) if f.startswith(DEFENDED)))
+
+
+def _attack_label(attack: str, known: tuple[str, ...]) -> str:
+    return f"{attack}*" if attack in known else attack
+
+
+def _eps(attack: str, dataset: str) -> str:
+    try:
+        from addd.attacks import attack_params
+
+        eps = attack_params(attack, dataset).get("eps")
+    except (KeyError, ValueError, ImportError):
+        eps = None
+    return f" ε={eps:g}" if isinstance(eps, (int, float)) else ""
+
+
+def overview_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """Rows = defenses; clean, reconstruction, worst cases and adaptive PGD (mean ± std)."""
+    eps = _eps("PGDu", summary.get("dataset", ""))
+    rows = []
+    for name, (kind, entry) in all_defenses(summary).items():
+        row = {"defense": name, "kind": kind, "known attacks": "+".join(known_attacks(entry)) or "—"}
+        for figure, header in SUMMARY_ROWS.items():
+            row[header + (eps if figure.startswith("adaptive.") else "")] = fmt(_figure(entry, figure))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def per_attack_overview(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """Rows = defenses, columns = attacks (oblivious), each adaptive figure right after the
+    oblivious attack with its norm and ε; a known attack of the defense is marked ``*``."""
+    attacks = eval_attacks(summary)
+    dataset = summary.get("dataset", "")
+    rows = []
+    for name, (_, entry) in all_defenses(summary).items():
+        known = known_attacks(entry)
+        row = {"defense": name}
+        for attack in attacks:
+            row[f"{attack}{_eps(attack, dataset)} oblivious"] = fmt(_figure(entry, DEFENDED + attack)) + (
+                " *" if attack in known else "")
+            adaptive = ADAPTIVE_BESIDE.get(attack)
+            if adaptive and attack != "PGDt":
+                row[f"{adaptive.removeprefix('adaptive.')}{_eps(attack, dataset)} adaptive"] = fmt(_figure(entry, adaptive))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def defense_table(summary: Mapping[str, Any], entry: Mapping[str, Any]) -> pd.DataFrame:
+    """One defense: per attack the undefended, oblivious and adaptive figures (mean ± std [95% CI] n)."""
+    known = known_attacks(entry)
+    dataset = summary.get("dataset", "")
+    rows = []
+    for attack in eval_attacks(summary):
+        adaptive = ADAPTIVE_BESIDE.get(attack)
+        rows.append({
+            "attack (* known)": _attack_label(attack, known) + _eps(attack, dataset),
+            "undefended: white-box on M_t": fmt(_figure(entry, UNDEFENDED + attack)),
+            "oblivious: on M_t, then defended": fmt(_figure(entry, DEFENDED + attack), ci=True),
+            "adaptive: on the whole pipeline, same ε": (f"{adaptive.removeprefix('adaptive.')}: "
+                                                        f"{fmt(_figure(entry, adaptive), ci=True)}" if adaptive else "—"),
+        })
+    for metric in ("adaptive.bpda", "adaptive.pgd_ce", "adaptive.pgd_margin"):
+        if _figure(entry, metric):
+            rows.append({"attack (* known)": metric.removeprefix("adaptive.") + _eps("PGDu", dataset),
+                         "undefended: white-box on M_t": "—", "oblivious: on M_t, then defended": "—",
+                         "adaptive: on the whole pipeline, same ε": fmt(_figure(entry, metric), ci=True)})
+    return pd.DataFrame(rows)
+
+
+def _config_rows(summary: Mapping[str, Any]) -> pd.DataFrame:
+    keys = ("known_attacks", "loss.lambda_prior", "loss.lambda_dp", "loss.lambda_cls", "loss.theta_mse", "loss.sigma",
+            "loss.use_dp", "loss.use_prior", "loss.use_mmd", "loss.use_di", "network.width", "train.epochs",
+            "train.batch_size", "train.lr", "baseline", "apegan.mse_weight")
+    rows = []
+    for name, (kind, entry) in all_defenses(summary).items():
+        config = dict(entry.get("best_config") or {})
+        if kind == "fixed":
+            from addd.config import ablation, from_flat_dict, to_flat_dict
+
+            flat = {k: v for k, v in config.items() if k not in ("phase", "variant")}
+            try:
+                config = {**config, **to_flat_dict(ablation(from_flat_dict(flat), config.get("variant", "full")))}
+            except (ValueError, KeyError):
+                pass
+        rows.append({"defense": name, "kind": kind, **{k: _short(config.get(k)) for k in keys}})
+    frame = pd.DataFrame(rows)
+    return frame.loc[:, [c for c in frame.columns if frame[c].astype(str).ne("—").any() or c in ("defense", "kind")]]
+
+
+def _short(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, (list, tuple)):
+        return "+".join(str(v) for v in value)
+    return str(value)
+
+
+def _words(summary: Mapping[str, Any]) -> list[str]:
+    """The differences to full in plain words, headline figures first."""
+    lines = []
+    for name, c in summary.get("comparisons", {}).items():
+        for figure in ("worst.unknown", "worst.unknown_per_sample", "adaptive.pgd_worst"):
+            d = c["figures"].get(figure)
+            if d:
+                lines.append(f"- **{name}** ({c['kind']}), {figure}: {d['other']:.3f} vs full {d['full']:.3f}, "
+                             f"difference {d['verdict']}.")
+    return lines
+
+
+def _fig12_check(summary: Mapping[str, Any]) -> str:
+    """Did the paper's Fig 12 ordering (full ≥ no_prior, no_dp on unknown attacks) hold?"""
+    parts = []
+    for name in ("no_prior", "no_dp", "fixed-no_prior", "fixed-no_dp"):
+        d = summary.get("comparisons", {}).get(name, {}).get("figures", {}).get("worst.unknown")
+        if not d:
+            continue
+        if d["within_noise"]:
+            held = "no difference can be claimed (within noise)"
+        elif d["difference"] < 0:
+            held = "holds (full is higher, outside noise)"
+        else:
+            held = "is reversed (full is lower, outside noise)"
+        parts.append(f"- full ≥ {name} on worst unknown attack: {held}; {name} − full = {d['difference']:+.3f}, "
+                     f"95% interval [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], {d['n_seeds']} seed(s) × {d['n_examples']} test examples.")
+    return "\n".join(parts) if parts else "- not computed (no comparisons in the summary; run `python -m ablations.run`)."
+
+
+# ----------------------------------------------------------------------------- files
+def curve_frames(finals_dir: Path | None) -> dict[str, pd.DataFrame]:
+    """defense -> its robustness curves (finals/<defense>-seed<k>/robustness_curve.csv), stacked."""
     frames: dict[str, list[pd.DataFrame]] = {}
-    for path in sorted(Path(curves_dir).glob("*-seed*.csv")) if curves_dir and Path(curves_dir).exists() else []:
-        variant, _, seed = path.stem.rpartition("-seed")
-        frames.setdefault(variant, []).append(pd.read_csv(path).assign(seed=int(seed)))
+    found = sorted(Path(finals_dir).glob("*-seed*/robustness_curve.csv")) if finals_dir and Path(finals_dir).exists() else []
+    for path in found:
+        name, _, seed = path.parent.name.rpartition("-seed")
+        frames.setdefault(name, []).append(pd.read_csv(path).assign(seed=int(seed)))
     return {v: pd.concat(f, ignore_index=True) for v, f in frames.items()}
 
 
-def build_report(summary: Mapping[str, Any], out_dir: Path, curves_dir: Path | None = None,
-                 best_dir: Path | None = None) -> list[Path]:
-    """Write test/search tables (CSV + Markdown), the Fig-12 plot, the robustness curves and the
-    restored images of the best defense into ``out_dir``; return the paths."""
+def build_report(summary: Mapping[str, Any], out_dir: Path, finals_dir: Path | None = None) -> list[Path]:
+    """Write report.md, the CSV tables, ablation.png, robustness_curves.png and restored.png into
+    ``out_dir``; return the paths written (plus the Optuna plots found there)."""
     from ablations.plots import ablation_bars, plt, restored_grid, robustness_curves
 
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tests, searches = accuracy_table(summary), search_table(summary)
-    wide = tests.assign(cell=[f"{m:.3f} ± {s:.3f}" for m, s in zip(tests["mean"], tests["std"])]).pivot(
-        index="attack", columns="variant", values="cell"
-    ).reindex(index=list(dict.fromkeys(tests["attack"])), columns=list(summary["variants"]))
-    paths = [out_dir / "test_accuracy.csv", out_dir / "search.csv", out_dir / "report.md", out_dir / "fig12_ablation.png"]
+    title = f"{summary.get('space', '?')}{' (smoke)' if summary.get('smoke') else ''}"
+    tests, searches, diffs = accuracy_table(summary), search_table(summary), differences_table(summary)
+    paths = [out_dir / "test_accuracy.csv", out_dir / "search.csv", out_dir / "differences.csv"]
     tests.to_csv(paths[0], index=False)
     searches.to_csv(paths[1], index=False)
-    title = f"{summary['space']}{' (smoke)' if summary.get('smoke') else ''}"
-    adaptive = adaptive_table(summary)
-    paths[2].write_text(
-        f"# Ablation report: {title}\n\nTest accuracy, mean ± std over seeds. Rows `acc.defended` are "
-        f"**oblivious** (x_adv computed on M_t alone, then M_t(G(E(x_adv)))); targeted attacks use Acc_t:\n\n"
-        f"{_markdown(wide.reset_index())}\n"
-        f"**Adaptive** (attacks on the whole pipeline M_t(G(E(.))), same ε as the oblivious PGD):\n\n"
-        f"{_markdown(adaptive) if len(adaptive) else 'not computed'}\n\n"
-        f"Search (objective: {summary['objective']}):\n\n{_markdown(searches)}"
-    )
-    per_attack = tests[~tests["attack"].isin(["clean", "reconstruction", "worst unknown", "worst unknown (per sample)", "worst holdout"])]
-    figure = ablation_bars(per_attack, f"Ablation (Fig 12 style): {title}")
-    figure.savefig(paths[3], dpi=100)
+    diffs.to_csv(paths[2], index=False)
+    full_known = known_attacks((summary.get("variants", {}).get("full") or {}))
+    figure = ablation_bars(tests, summary, full_known, f"Ablation (paper Fig 12 layout): {title}")
+    figure.savefig(out_dir / "ablation.png", dpi=100, bbox_inches="tight")
     plt.close(figure)
-    curves = curve_frames(curves_dir)
+    paths.append(out_dir / "ablation.png")
+    curves = curve_frames(finals_dir)
     if curves:
         pd.concat([f.assign(defense=v) for v, f in curves.items()]).to_csv(out_dir / "robustness_curves.csv", index=False)
-        figure = robustness_curves(curves, f"Robustness curves (L-inf, test split): {title}")
+        figure = robustness_curves(curves, f"Robustness curves (L-inf, test split, seed 0): {title}")
         figure.savefig(out_dir / "robustness_curves.png", dpi=100)
         plt.close(figure)
         paths += [out_dir / "robustness_curves.csv", out_dir / "robustness_curves.png"]
     best = summary.get("best")
-    if best and curves_dir:
-        images = Path(curves_dir) / f"{best['variant']}-seed{best['seed']}.images.safetensors"
+    restored = None
+    if best and finals_dir:
+        images = Path(finals_dir) / f"{best['variant']}-seed{best['seed']}" / "restored.safetensors"
         if images.exists():
             from addd.storage import load_tensors
 
             tensors, _ = load_tensors(images)
             figure = restored_grid(tensors)
+            figure.suptitle(f"{best['variant']} seed {best['seed']} (best validation objective): original / adversarial / "
+                            f"restored, predicted label above each image (red: wrong)", fontsize=8)
             figure.savefig(out_dir / "restored.png", dpi=100)
             plt.close(figure)
             paths.append(out_dir / "restored.png")
+            restored = best
+    optuna_plots = sorted(out_dir.glob("optuna_*.png"))
+    report = out_dir / "report.md"
+    report.write_text(_report_text(summary, title, searches, restored, bool(curves), optuna_plots))
+    paths.append(report)
     return paths
 
 
-def adaptive_table(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """variant, attack (adaptive), mean, std, n_seeds."""
-    rows = []
-    for variant, entry in summary["variants"].items():
-        for name, stats in entry.get("adaptive", {}).items():
-            rows.append({"variant": variant, "attack": name, "mean": stats["mean"], "std": stats["std"],
-                         "n_seeds": stats.get("n")})
-    return pd.DataFrame(rows, columns=["variant", "attack", "mean", "std", "n_seeds"])
+def _report_text(summary, title, searches, restored, curves: bool, optuna_plots) -> str:
+    defenses = all_defenses(summary)
+    n_test = (summary.get("splits") or {}).get("test")
+    seeds = sorted({s["seed"] for _, e in defenses.values() for s in e.get("seeds", [])})
+    full_known = known_attacks((summary.get("variants", {}).get("full") or {}))
+    out = [f"# Ablation report: {title}\n",
+           f"Dataset `{summary.get('dataset')}`, {n_test} test examples, seeds {seeds}, attack budget "
+           f"{summary.get('attack_budget')}; every figure is test accuracy, **mean ± std over seeds**, with the 95% "
+           f"t-interval of the mean and n seeds where shown. Defenses: **tuned** ablations (each variant's own best "
+           f"config from its search, re-run over seeds), **fixed** ablations (the best `full` config with one component "
+           f"removed, same seeds) and **baselines** (`no_defense` = M_t alone; `ape_gan` = the paper's Table 1 "
+           f"baseline; `adv_training` = M_t's architecture trained adversarially, Fig 1's Def-adv), trained with full's "
+           f"data, known attacks ({'+'.join(full_known) or '?'}), epochs, batch size, lr, width and seeds.\n",
+           "## Threat models and names\n",
+           "- **clean** = M_t(x): the *undefended* target model on clean test images (no attack, no defense).",
+           "- **reconstruction** = M_t(G(E(x))): clean images through the defense (baselines: through their "
+           "restore, M_t replaced by the adversarially trained model for `adv_training`).",
+           "- **undefended** = white-box attack on M_t, no defense: M_t(x_adv) with x_adv computed on M_t.",
+           "- **oblivious** = x_adv computed on M_t alone, then M_t(G(E(x_adv))) (the paper's Table 1 setting). "
+           "Targeted attacks use Acc_t.",
+           "- **adaptive** = x_adv computed on the whole pipeline M_t(G(E(.))) with the true gradient "
+           "(PGD with CE and margin loss, worse of the two per example; AutoAttack), at the same norm and ε as the "
+           "oblivious attack it sits beside. BPDA is the paper's Sec 4.3 attack (identity backward pass).",
+           "- **worst unknown** = min over the attacks the defense did not train on; **per sample** = an example counts "
+           "only if it survives every unknown attack; **worst holdout** = min over "
+           f"{', '.join(summary.get('holdout_attacks', [])) or 'the holdout attacks'} (never trained on).",
+           "- `*` marks a **known** attack (the defense trained on its examples); the others are unknown.\n",
+           "## Overview\n", _markdown(overview_table(summary)),
+           "\n## Per attack (oblivious, with the adaptive figure for the same ε beside it)\n",
+           _markdown(per_attack_overview(summary)),
+           "\n## Differences to full (paired bootstrap over seeds and test examples, 95% percentile interval)\n"]
+    comps = summary.get("comparisons", {})
+    if comps:
+        figures = ["worst.unknown", "worst.unknown_per_sample", "worst.holdout", "adaptive.pgd_worst",
+                   *[DEFENDED + a for a in eval_attacks(summary)]]
+        rows = [{"defense": n, "kind": c["kind"], **{f: _diff_cell(c["figures"].get(f)) for f in figures}}
+                for n, c in comps.items()]
+        n_boot = next(iter(comps.values())).get("n_boot")
+        out += [f"other − full; \"within noise\": the interval contains 0 ({n_boot} bootstrap replicates).\n",
+                _markdown(pd.DataFrame(rows)), "\nIn words:\n", *_words(summary), "",
+                "Paper Fig 12 ordering (full ≥ no_prior, no_dp on unknown attacks):\n", _fig12_check(summary), ""]
+    else:
+        out.append("Not computed: run `python -m ablations.run --sweep <run folder>` for fixed ablations, baselines and "
+                   "intervals.\n")
+    out.append("## Each defense: undefended / oblivious / adaptive per attack\n")
+    for name, (kind, entry) in defenses.items():
+        out += [f"### {name} — {KIND_TITLES[kind]}\n",
+                f"clean (M_t(x), undefended): {fmt(_figure(entry, 'acc.clean'), ci=True)}; reconstruction "
+                f"(M_t(G(E(x)))): {fmt(_figure(entry, 'acc.reconstruction'), ci=True)}; worst unknown (oblivious): "
+                f"{fmt(_figure(entry, 'worst.unknown'), ci=True)}; per sample: "
+                f"{fmt(_figure(entry, 'worst.unknown_per_sample'), ci=True)}; worst holdout: "
+                f"{fmt(_figure(entry, 'worst.holdout'), ci=True)}.\n",
+                _markdown(defense_table(summary, entry)) if eval_attacks(summary) else "", ""]
+    out += ["## Configs\n", _markdown(_config_rows(summary)),
+            f"\n## Search (objective: {summary.get('objective', '?')})\n", _markdown(searches),
+            "\n## Figures\n",
+            "- `ablation.png`: paper Fig 12 layout. Rows: tuned ablations, fixed ablations, baselines (each with full); "
+            "left: full's known attacks, right: unknown attacks; oblivious test accuracy, bars = mean over seeds, "
+            "error bars = ± std; the y axis is zoomed to the data (not 0–1), legend outside the bars."]
+    if curves:
+        out.append("- `robustness_curves.png`: accuracy against L-inf ε for every defense with a curve (seed 0): the "
+                   "undefended model under white-box PGD, the defended pipeline under oblivious PGD and under "
+                   "adaptive PGD.")
+    if restored:
+        out.append(f"- `restored.png`: {restored['variant']} seed {restored['seed']} (the best validation objective): "
+                   f"original, adversarial and restored validation images per attack, predicted label above each "
+                   f"(red: wrong).")
+    for path in optuna_plots:
+        out.append(f"- `{path.name}`: Optuna {'optimisation history' if 'history' in path.name else 'parameter importances'}"
+                   f" of variant {path.stem.rsplit('-', 1)[-1]} (title names the variant).")
+    study = summary.get("study")
+    if study:
+        t = study.get("timings_seconds", {})
+        out.append(f"\nStudy: {len(study.get('trained', []))} final(s) trained in this run, "
+                   f"{t.get('total', float('nan')):.0f}s in all ({study.get('parallelism')}).")
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: cannot read {args.summary}: {exc}; give the summary.json of a finished sweep", file=sys.stderr)
         return 2
-    for path in build_report(summary, args.out or args.summary.parent / "report"):
+    for path in build_report(summary, args.out or args.summary.parent / "report", args.summary.parent / "finals"):
         print(path)
     return 0
 

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFENSE_FILE = "defense.safetensors"
 STATE_FILE = "trial_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"  # Adam moments and RNG streams: a restored trial continues exactly
 IMAGES_FILE = "restored.safetensors"  # a few original / adversarial / restored images per attack
 CURVE_FILE = "robustness_curve.csv"
 
@@ -130,7 +131,7 @@ def _event(ctx: TrialContext, trial_id: str, event: str, **fields: Any) -> None:
 
 def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable (see the module docstring)."""
-    from addd.defense import ADDDefense, NonFiniteLossError, load_defense
+    from addd.defense import ADDDefense, NonFiniteLossError, TrainingState, load_defense
     from addd.storage import save_tensors
     from sweeps import _ray
 
@@ -142,14 +143,15 @@ def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
     device = torch.device(cfg.train.device)
     ctx.target_model.to(device).eval()
 
-    start_epoch = 0
+    start_epoch, resume_state = 0, None
     with _ray.latest_checkpoint_dir() as ckpt:  # restored trial: continue where it stopped
         if ckpt is not None:
             defense = load_defense(Path(ckpt) / DEFENSE_FILE, device=cfg.train.device)
             start_epoch = json.loads((Path(ckpt) / STATE_FILE).read_text())["epoch"]
         else:
             defense = ADDDefense(cfg)
-    _event(ctx, trial_id, "start", phase=spec.phase, variant=spec.variant, start_epoch=start_epoch)
+    _event(ctx, trial_id, "start", phase=spec.phase, variant=spec.variant, start_epoch=start_epoch,
+           optimizer_restored=resume_state is not None)
     if start_epoch >= epochs:
         _event(ctx, trial_id, "end", epoch=start_epoch)
         return
@@ -159,6 +161,8 @@ def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
         last = epoch == epochs
         metrics: dict[str, float] = {EPOCH: epoch, "epoch_seconds": report.seconds}
         metrics.update({f"loss/{k}": v for k, v in report.losses.items()})
+            if (Path(ckpt) / OPTIMIZER_FILE).exists():
+                resume_state = TrainingState.load(Path(ckpt) / OPTIMIZER_FILE)
         eval_start = time.perf_counter()
         if spec.phase == SEARCH or last:
             metrics.update(evaluate_split(model, ctx, "val", cfg.known_attacks))
@@ -179,8 +183,10 @@ def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
 
     x_adv = {name: ctx.train.adv[name].x_adv for name in cfg.known_attacks}
     try:
-        defense.fit(ctx.train.x, ctx.train.y, x_adv, callback=on_epoch, epochs=epochs - start_epoch)
+        defense.fit(ctx.train.x, ctx.train.y, x_adv, callback=on_epoch, epochs=epochs - start_epoch,
+                    resume_state=resume_state)
     except NonFiniteLossError as exc:  # a result, not a crash: the sweep goes on, the reason is kept
         log.warning("trial %s: %s", trial_id, exc)
         _ray.report({EPOCH: len(defense.history) + 1, OBJECTIVE: float("nan"), FAILURE: str(exc)})
     _event(ctx, trial_id, "end", epoch=epochs)
+            model.optimizer_state().save(Path(tmp) / OPTIMIZER_FILE)
