@@ -184,3 +184,160 @@ def test_sweep_on_two_ray_nodes(tmp_path):
         kill_tree(None, left)
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert not left, f"Ray processes outlived their node's `ray start`: {left}"
+
+
+# ----------------------------------------------------------------------------- ray up / submit / down
+SSHD_CONFIG = """\
+ListenAddress 127.0.0.1
+Port {port}
+HostKey {tmp}/ssh_host_ed25519_key
+PidFile {tmp}/sshd.pid
+AuthorizedKeysFile {tmp}/authorized_keys
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+SetEnv HOME={tmp}/home
+"""
+
+# The remote login shell (the launcher sources ~/.bashrc): this interpreter's bin first on PATH,
+# Ray on loopback without auth, `--address auto` pinned to this cluster's head (it would
+# otherwise read the machine-wide /tmp/ray/ray_current_cluster), the repository importable.
+# `ray stop` (run by `ray down`) is scoped to this cluster's processes by a shim: the real one
+# kills every Ray process on the machine.
+BASHRC = """\
+export PATH={shim}:{bin}:$PATH
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+export RAY_ADDRESS=127.0.0.1:{gcs_port}
+export PYTHONPATH={home}/addd-sweeps
+"""
+
+RAY_SHIM = """\
+#!/bin/bash
+if [ "$1" = stop ]; then exec {python} {stop_script} {ray_tmp}; fi
+exec {ray} "$@"
+"""
+
+STOP_SCRIPT = """\
+import sys
+sys.path.insert(0, {support!r})
+from cluster_support import kill_tree, pids_mentioning
+kill_tree(None, pids_mentioning(sys.argv[1]))
+print("stopped the Ray processes under", sys.argv[1])
+"""
+
+
+def _start_sshd(tmp: Path) -> tuple[subprocess.Popen, int, Path]:
+    sshd = require_executable("/usr/sbin/sshd", "apt-get install -y openssh-server")
+    require_executable("rsync", "apt-get install -y rsync")
+    require_executable("nc", "apt-get install -y netcat-openbsd")
+    keygen = require_executable("ssh-keygen", "apt-get install -y openssh-client")
+    Path("/run/sshd").mkdir(exist_ok=True)  # Debian's sshd refuses to start without it
+    (tmp / "home").mkdir()
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "ssh_host_ed25519_key")], check=True, timeout=30)
+    subprocess.run([keygen, "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "id_ed25519")], check=True, timeout=30)
+    shutil.copy(tmp / "id_ed25519.pub", tmp / "authorized_keys")
+    port = free_port()
+    (tmp / "sshd_config").write_text(SSHD_CONFIG.format(port=port, tmp=tmp))
+    # -D: stays in the foreground, so its PID is ours; -e/-E: log to a file.
+    proc = start([sshd, "-D", "-f", str(tmp / "sshd_config"), "-E", str(tmp / "sshd.log")], tmp / "sshd.out")
+    wait_for_port(port, 30, proc, "sshd", tmp / "sshd.log")
+    return proc, port, tmp / "id_ed25519"
+
+
+def _cluster_config(tmp: Path, ssh_port: int, key: Path, gcs_port: int) -> Path:
+    """sweeps/cluster-local.yaml filled in for the sshd on 127.0.0.1 (head only)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "sweeps" / "cluster-local.yaml").read_text())
+    config["cluster_name"] = f"addd-test-{tmp.name[-8:]}"  # the launcher keys its state files by it
+    config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
+    config["auth"] = {"ssh_user": "root", "ssh_private_key": str(key), "ssh_proxy_command": f"nc %h {ssh_port}"}
+    config["min_workers"] = config["max_workers"] = 0
+    config["file_mounts"] = {"~/addd-sweeps": str(REPO)}
+    # Same machine: no `pip install -e` (it would re-point this machine's install to the copy);
+    # the copy is importable through PYTHONPATH in the remote ~/.bashrc instead.
+    config["setup_commands"] = []
+    ray_tmp = tmp / "ray"
+    [head_start] = config["head_start_ray_commands"]
+    assert head_start.startswith("ray start --head --port=6379 "), head_start
+    config["head_start_ray_commands"] = [
+        head_start.replace("--port=6379", f"--port={gcs_port}")
+        + f" --temp-dir={ray_tmp} --num-cpus=2 --num-gpus=0 --node-ip-address=127.0.0.1 --object-store-memory=200000000"
+        f" --dashboard-port={free_port()} --dashboard-agent-listen-port={free_port()}"
+        f" --dashboard-agent-grpc-port={free_port()} --metrics-export-port={free_port()}"
+        f" --runtime-env-agent-port={free_port()} --node-manager-port={free_port()} --object-manager-port={free_port()}"
+    ]
+    config["worker_start_ray_commands"] = []
+    shim = tmp / "shim"
+    shim.mkdir()
+    (tmp / "stop_cluster.py").write_text(STOP_SCRIPT.format(support=str(Path(__file__).parent)))
+    (shim / "ray").write_text(RAY_SHIM.format(python=BIN / "python", stop_script=tmp / "stop_cluster.py",
+                                              ray_tmp=ray_tmp, ray=BIN / "ray"))
+    (shim / "ray").chmod(0o755)
+    (tmp / "home" / ".bashrc").write_text(BASHRC.format(shim=shim, bin=BIN, gcs_port=gcs_port, home=tmp / "home"))
+    path = tmp / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def _launcher(args: list[str], tmp: Path, timeout: float) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "ray"), *args]
+    out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env(),
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out
+
+
+def test_ray_up_submit_down_on_a_local_sshd():
+    from sweeps.spaces import get_space
+
+    require_executable(str(BIN / "ray"), "pip install 'ray[tune]'")
+    tmp = _short_tmp("ru")
+    sshd = None
+    ssh_port = gcs_port = -1
+    timings = {}
+    try:
+        sshd, ssh_port, key = _start_sshd(tmp)
+        gcs_port = free_port()
+        config = _cluster_config(tmp, ssh_port, key, gcs_port)
+        run_dir, cache_dir = tmp / "run", tmp / "cache"
+        # The README's "Cluster" steps, with this test's config and folders:
+        t = time.perf_counter()
+        _launcher(["up", "-y", "--no-config-cache", str(config)], tmp, 300)
+        timings["ray up"] = time.perf_counter() - t
+        head = pids_mentioning(str(tmp / "ray"))
+        assert head, "ray up started no Ray process"
+        _assert_loopback_only(head)
+        t = time.perf_counter()
+        _launcher(["submit", "--no-config-cache", str(config), str(REPO / "sweeps" / "run.py"), "--",
+                   "--space", "digits_ablation", "--smoke", "--address", "auto",
+                   "--run-dir", str(run_dir), "--cache-dir", str(cache_dir), "--data-root", str(tmp / "data")],
+                  tmp, SWEEP_TIMEOUT)
+        timings["ray submit (smoke sweep)"] = time.perf_counter() - t
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert set(summary["variants"]) == set(get_space("digits_ablation", smoke=True).variants)
+        assert summary["best"] is not None and (run_dir / "best_defense" / "defense.safetensors").exists()
+        t = time.perf_counter()
+        _launcher(["down", "-y", str(config)], tmp, 300)
+        timings["ray down"] = time.perf_counter() - t
+        # `ray down` exits 0 even when its `ray stop` failed: look for what is left.
+        deadline = time.time() + 30
+        while pids_mentioning(str(tmp / "ray")) and time.time() < deadline:
+            time.sleep(0.5)
+        left = pids_mentioning(str(tmp / "ray"))
+        assert not left, f"Ray processes left after ray down: {left}"
+        print(f"\n[timing] {', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}")
+    finally:
+        kill_tree(None, pids_mentioning(str(tmp / "ray")))
+        kill_tree(sshd)
+        # The launcher's ssh multiplexer (its command line names our key) lingers ~10 s.
+        kill_tree(None, pids_mentioning(str(tmp)))
+        table = listeners()
+        shutil.rmtree(tmp, ignore_errors=True)
+        for state in Path("/tmp/ray").glob(f"cluster-addd-test-{tmp.name[-8:]}.*"):  # the launcher's state files
+            state.unlink(missing_ok=True)
+    mine = [line for line in table.splitlines() if f"127.0.0.1:{ssh_port} " in line or f":{gcs_port} " in line]
+    assert not mine, "still listening after the test:\n" + "\n".join(mine)
