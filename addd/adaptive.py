@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from addd import _advertorch
+from addd.errors import AdddError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -79,7 +80,7 @@ CURVE_COLUMNS: tuple[str, ...] = (
 )
 
 
-class AdaptiveError(ValueError):
+class AdaptiveError(AdddError):
     """Bad input to an adaptive attack; the message says what to fix."""
 
 
@@ -130,6 +131,7 @@ class AdaptiveRow:
     n: int
     seed: int
     params: Mapping[str, Any] = field(compare=False)
+    correct: torch.Tensor | None = field(default=None, repr=False, compare=False)  # (n,) bool: survived
 
 
 @dataclass(frozen=True)
@@ -282,9 +284,11 @@ def evaluate_adaptive_suite(
     start = time.perf_counter()
     pgd = adaptive_pgd(model, defense, x, y, eps=eps, steps=steps, seed=seed)
     params = {**pgd.params, "seconds": time.perf_counter() - start}
-    for metric, accuracy in (("adaptive.pgd_worst", pgd.worst), ("adaptive.pgd_ce", pgd.ce),
-                             ("adaptive.pgd_margin", pgd.margin)):
-        rows.append(_row(metric, "Linf", pgd.eps, accuracy, len(y), seed, params))
+    worst = pgd.correct["ce"] & pgd.correct["margin"]
+    for metric, accuracy, correct in (("adaptive.pgd_worst", pgd.worst, worst),
+                                      ("adaptive.pgd_ce", pgd.ce, pgd.correct["ce"]),
+                                      ("adaptive.pgd_margin", pgd.margin, pgd.correct["margin"])):
+        rows.append(_row(metric, "Linf", pgd.eps, accuracy, len(y), seed, params, correct))
 
     library_attacks = []
     if autoattack:
@@ -298,13 +302,14 @@ def evaluate_adaptive_suite(
                                          device=device, overrides=overrides)
             correct = _correct(model, defense.restore, result.x_adv, y, 256, device)
         params = {**result.params, "seconds": time.perf_counter() - start}
-        rows.append(_row(metric, norm, float(result.params["eps"]), _mean(correct), len(y), seed, params))
+        rows.append(_row(metric, norm, float(result.params["eps"]), _mean(correct), len(y), seed, params, correct))
     return AdaptiveSuiteResult(dataset=dataset, rows=tuple(rows))
 
 
-def _row(metric, norm, eps, accuracy, n, seed, params) -> AdaptiveRow:
+def _row(metric, norm, eps, accuracy, n, seed, params, correct=None) -> AdaptiveRow:
     return AdaptiveRow(attack=METRICS[metric], metric=metric, threat_model=THREAT_MODEL, eps=float(eps), norm=norm,
-                       accuracy=accuracy, n=n, seed=seed, params=dict(params))
+                       accuracy=accuracy, n=n, seed=seed, params=dict(params),
+                       correct=None if correct is None else correct.cpu().bool())
 
 
 # --------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
 
 import torch
@@ -77,6 +77,9 @@ class RobustnessReport:
     worst_unknown: float  # NaN if no suite attack is unknown
     worst_unknown_per_sample: float
     worst_holdout: float  # NaN if no holdout set was given
+    # attack -> (correct, excluded) per example of the defended pipeline (see robust_masks); for
+    # paired statistics between defenses evaluated on the same examples
+    masks: Mapping[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def unknown_attacks(self) -> tuple[str, ...]:
@@ -167,7 +170,7 @@ def evaluate(
         restore = defense.restore
         clean = accuracy_untargeted(predict(model, x, batch_size=batch_size), y)
         reconstruction = accuracy_untargeted(predict(model, x, transform=restore, batch_size=batch_size), y)
-        rows, unknown_masks = [], []
+        rows, masks = [], {}
         for name, adv in adv_sets.items():
             target = None if adv.target is None else adv.target.cpu()
             defended_pred = predict(model, adv.x_adv, transform=restore, batch_size=batch_size)
@@ -183,8 +186,7 @@ def evaluate(
                     n=len(y),
                 )
             )
-            if name not in known:
-                unknown_masks.append(robust_masks(defended_pred, y, target))
+            masks[name] = robust_masks(defended_pred, y, target)
     unknown = [r.defended for r in rows if not r.known]
     if not unknown:
         logger.warning("evaluate: every attack in the suite is a known attack; worst.unknown is NaN")
@@ -195,8 +197,9 @@ def evaluate(
         known_attacks=known,
         holdout_attacks=holdout,
         worst_unknown=_nanmin(unknown),
-        worst_unknown_per_sample=per_sample_accuracy(unknown_masks),
+        worst_unknown_per_sample=per_sample_accuracy([masks[r.attack] for r in rows if not r.known]),
         worst_holdout=_nanmin([r.defended for r in rows if r.holdout]),
+        masks=masks,
     )
 
 

@@ -29,6 +29,7 @@ STATE_FILE = "sweep.json"
 EVENTS_FILE = "events.jsonl"
 TIMINGS_FILE = "timings.json"
 BEST_DIR = "best_defense"
+FINALS_DIR = "finals"  # <variant>-seed<k>/: per-example correctness, robustness curve, restored images
 
 
 # ----------------------------------------------------------------------------- state
@@ -280,8 +281,8 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     best_artifact = f"{BEST_DIR}/{DEFENSE_FILE}"
     summary = build_summary(header=summary_header(plan, prepared), search=searches, final=finals,
                             best_artifact=best_artifact)
-    curves_dir = plan.run_dir / "curves"
-    _collect_final_files(finals, curves_dir)
+    finals_dir = plan.run_dir / FINALS_DIR
+    _collect_final_files(finals, finals_dir)
     if summary["best"] is not None:
         best = next(o for o in finals if o.trial_id == summary["best"]["trial_id"])
         best_dir = plan.run_dir / BEST_DIR
@@ -294,7 +295,7 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     tracker.log_metrics(parent, parent_metrics(summary), step=0)
 
     report_dir = plan.run_dir / "report"
-    paths = build_report(summary, report_dir, curves_dir=curves_dir, best_dir=plan.run_dir / BEST_DIR)
+    paths = build_report(summary, report_dir, finals_dir=finals_dir)
     for variant in s.variants:
         paths += _optuna.save_study_plots(plan.optuna_url, plan.study_name(variant), report_dir, variant)
     for path in paths:
@@ -305,20 +306,20 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     return summary_path
 
 
-def _collect_final_files(finals: list, curves_dir: Path) -> None:
-    """Each final trial's robustness curve (saved with its checkpoint) as curves/<variant>-seed<k>.csv,
-    and its restored images as curves/<variant>-seed<k>.images.safetensors."""
-    from sweeps.trial import CURVE_FILE, IMAGES_FILE
+def _collect_final_files(finals: list, finals_dir: Path) -> None:
+    """What each final trial saved with its checkpoint (robustness curve, per-example correctness,
+    restored images) under ``finals/<variant>-seed<k>/``: the study and the report read it there."""
+    from sweeps.trial import FINAL_FILES
 
-    curves_dir.mkdir(parents=True, exist_ok=True)
     for o in finals:
         if o.checkpoint is None:
             continue
+        dest = finals_dir / f"{o.spec.variant}-seed{o.spec.seed}"
+        dest.mkdir(parents=True, exist_ok=True)
         with o.checkpoint.local_dir() as path:
-            stem = f"{o.spec.variant}-seed{o.spec.seed}"
-            for name, suffix in ((CURVE_FILE, ".csv"), (IMAGES_FILE, ".images.safetensors")):
+            for name in FINAL_FILES:
                 if (Path(path) / name).exists():
-                    shutil.copyfile(Path(path) / name, curves_dir / f"{stem}{suffix}")
+                    shutil.copyfile(Path(path) / name, dest / name)
 
 
 def parent_metrics(summary: Mapping[str, Any]) -> dict[str, float]:

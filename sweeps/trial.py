@@ -35,6 +35,8 @@ STATE_FILE = "trial_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"  # Adam moments and RNG streams: a restored trial continues exactly
 IMAGES_FILE = "restored.safetensors"  # a few original / adversarial / restored images per attack
 CURVE_FILE = "robustness_curve.csv"
+PER_EXAMPLE_FILE = "per_example.safetensors"  # test-split correctness per example, for paired statistics
+FINAL_FILES = (CURVE_FILE, PER_EXAMPLE_FILE, IMAGES_FILE)  # what publish keeps of every final trial
 
 
 @dataclass(frozen=True)
@@ -74,14 +76,21 @@ class TrialContext:
     grid_examples: int = 8
 
 
-def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tuple[str, ...]) -> dict[str, float]:
-    """addd.evaluate's oblivious metrics on ``split``, named ``{split}/<metric>`` (``val/worst.unknown``, ...)."""
+def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tuple[str, ...],
+                   per_example: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """addd.evaluate's oblivious metrics on ``split``, named ``{split}/<metric>`` (``val/worst.unknown``, ...).
+    ``per_example`` (if given) receives ``oblivious.<attack>.correct`` / ``.excluded`` masks."""
     data: SplitSets = getattr(ctx, split)
     report = evaluate(defense, ctx.target_model, data.x, data.y, data.adv, known_attacks=known, holdout=ctx.holdout_attacks)
+    if per_example is not None:
+        for attack, (correct, excluded) in report.masks.items():
+            per_example[f"oblivious.{attack}.correct"] = correct.contiguous()
+            per_example[f"oblivious.{attack}.excluded"] = excluded.contiguous()
     return {f"{split}/{k}": v for k, v in report.to_metrics().items()}
 
 
-def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curve: bool) -> dict[str, float]:
+def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curve: bool,
+                      per_example: dict[str, torch.Tensor]) -> dict[str, float]:
     """Adaptive attacks on M_t(G(E(.))) and, if ``curve``, the robustness curve, on the test split
     (or its first ``n`` examples); the curve is written to ``out_dir`` as CSV. Metrics named
     ``adaptive/<name>``."""
@@ -96,6 +105,9 @@ def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curv
     suite = evaluate_adaptive_suite(ctx.target_model, defense, x, y, dataset=f.dataset, eps=eps, steps=f.steps,
                                     seed=f.seed, budget=f.budget, autoattack=f.autoattack)
     metrics = {f"adaptive/{k.removeprefix('adaptive.')}": v for k, v in suite.to_metrics().items()}
+    for row in suite.rows:
+        if row.correct is not None:
+            per_example[f"{row.metric}.correct"] = row.correct.contiguous()
     if curve:
         frame = robustness_curve(ctx.target_model, defense, x, y, eps_max=eps, num=f.curve_points, steps=f.steps,
                                  seed=f.seed)
@@ -169,10 +181,12 @@ def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
             metrics[OBJECTIVE] = metrics["val/worst.unknown"]
         with tempfile.TemporaryDirectory() as tmp:
             if spec.phase == FINAL and last:
-                metrics.update(evaluate_split(model, ctx, "test", cfg.known_attacks))
+                per_example = {"y": ctx.test.y.contiguous()}
+                metrics.update(evaluate_split(model, ctx, "test", cfg.known_attacks, per_example))
                 if ctx.finalists is not None:
                     # the curve of each variant's best config: its first seed re-run (the costly part)
-                    metrics.update(evaluate_finalist(model, ctx, Path(tmp), curve=spec.seed == 0))
+                    metrics.update(evaluate_finalist(model, ctx, Path(tmp), spec.seed == 0, per_example))
+                save_tensors(Path(tmp) / PER_EXAMPLE_FILE, per_example, {"split": "test", "epoch": epoch})
             metrics["eval_seconds"] = time.perf_counter() - eval_start
             # compute = what the trial must do whatever runs it; checkpointing and reporting are overhead
             _event(ctx, trial_id, "epoch", epoch=epoch, compute_seconds=report.seconds + metrics["eval_seconds"])

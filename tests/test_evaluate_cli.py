@@ -2,6 +2,8 @@
 
 import json
 
+import pandas as pd
+
 import pytest
 import torch
 
@@ -50,7 +52,7 @@ def test_evaluates_a_saved_defense_on_digits(tmp_path):
     out = tmp_path / "out"
     code = cli.main([
         "--defense", str(path), "--n-train", "300", "--n-test", "40", "--attacks", "PGDu", "PGDt", "CWu",
-        "--holdout", "CWu", "--adaptive", "BPDA", "--budget", "0.1", "--cache-dir", str(tmp_path / "cache"),
+        "--holdout", "CWu", "--adaptive", "BPDA", "--adaptive-steps", "10", "--budget", "0.1", "--cache-dir", str(tmp_path / "cache"),
         "--out", str(out),
     ])
     assert code == 0
@@ -61,6 +63,10 @@ def test_evaluates_a_saved_defense_on_digits(tmp_path):
     assert metrics["worst.unknown"] == pytest.approx(metrics["acc.defended.CWu"])  # the only unknown attack
     assert metrics["worst.holdout"] == pytest.approx(metrics["acc.defended.CWu"])
     assert metrics["acc.undefended.PGDu"] < metrics["acc.clean"]
-    assert "acc.adaptive.BPDA" in result["adaptive"]
+    assert {"adaptive.bpda", "adaptive.pgd_worst"} <= set(result["adaptive"])  # PGD through the pipeline always runs
     assert (out / "oblivious.csv").read_text().startswith("attack,targeted,known")
+    side = pd.read_csv(out / "adaptive.csv")  # every adaptive figure beside the oblivious one at its eps
+    pgd = side[side["adaptive attack"] == "PGD (adaptive, CE+margin)"].iloc[0]
+    assert pgd["oblivious attack"] == "PGDu" and pgd["oblivious (defended)"] == pytest.approx(metrics["acc.defended.PGDu"])
+    assert pgd["eps"] == pytest.approx(result["attack_params"]["PGDu"]["eps"])
     assert list((tmp_path / "cache" / "advcache" / "digits" / "PGDu").glob("*/manifest.json"))  # AdvCache.under
