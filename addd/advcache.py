@@ -397,16 +397,21 @@ class AdvCache:
 
     def _write_entry(self, entry: Path, key: str, tensors: dict[str, torch.Tensor], manifest: AdvManifest) -> None:
         """Write tensors and manifest in a temporary folder, then rename it into place (atomic)."""
+        from addd.storage import write_error
+
         tmp = self.root / ".tmp" / f"{key}-{uuid.uuid4().hex}"
-        tmp.mkdir(parents=True)
         try:
+            tmp.mkdir(parents=True)
             save_tensors(tmp / TENSORS_FILE, tensors, {"key": key, "attack": manifest.attack})
             manifest.save(tmp / MANIFEST_FILE)
             entry.parent.mkdir(parents=True, exist_ok=True)
             os.rename(tmp, entry)  # atomic; we hold the lock and the entry is absent
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        except BaseException as exc:
+            shutil.rmtree(tmp, ignore_errors=True)  # no half-written entry, full disk or not
+            error = write_error(self.root / key, exc)  # names the cache folder
+            if error is exc:
+                raise
+            raise error from None
 
 
 def _measure(

@@ -7,6 +7,7 @@ reader never sees a half-written file and a crash leaves no partial entry behind
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -28,37 +29,68 @@ class StorageError(AdddError):
     """A stored file is missing, unreadable or not what it claims to be; the message says what to do."""
 
 
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_WRITABLE = {errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def write_error(path: str | os.PathLike, exc: BaseException) -> BaseException:
+    """A StorageError saying what to do for a failed write of ``path`` (full or read-only
+    storage), else ``exc`` itself."""
+    code = getattr(exc, "errno", None)
+    if code is None and "No space left" in str(exc):  # safetensors' own errors carry no errno
+        code = errno.ENOSPC
+    folder = Path(path).parent
+    if code in _NO_SPACE:
+        return StorageError(f"no space left on the device of {folder} while writing {Path(path).name}; "
+                            f"free some space or point the option that chose {folder} at a larger disk")
+    if code in _NOT_WRITABLE:
+        return StorageError(f"{folder} is not writable ({os.strerror(code)}); "
+                            f"make it writable or point the option that chose it at a writable folder")
+    return exc
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder + rename)."""
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder + rename).
+    A full or read-only folder raises StorageError and leaves nothing behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        error = write_error(path, exc)
+        if error is exc:
+            raise
+        raise error from None
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
     """Atomically save tensors (made contiguous, moved to CPU) with JSON-serialisable metadata."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
         save_file(cpu, tmp, metadata={METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        error = write_error(path, exc)
+        if error is exc:
+            raise
+        raise error from None
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

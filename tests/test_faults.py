@@ -81,3 +81,65 @@ def test_training_state_of_another_config_is_refused(tmp_path, one_thread):
     without_d = ADDDefense(_config(use_dp=False, lambda_dp=0.0, use_di=False))
     with pytest.raises(StorageError, match="discriminators"):
         without_d.fit(x, y, adv, epochs=1, resume_state=TrainingState.load(tmp_path / "opt.safetensors"))
+
+
+# ----------------------------------------------------------------------------- full / read-only storage
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped elsewhere); ``_remount(mnt, ro=True)`` makes it read-only."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _remount(mnt: Path, ro: bool) -> None:
+    subprocess.run(["mount", "-o", f"remount,{'ro' if ro else 'rw'}", str(mnt)], check=True)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_full_disk_gives_a_storage_error_and_leaves_no_partial_file(small_tmpfs):
+    from addd.storage import StorageError, atomic_write_bytes, save_tensors
+
+    (small_tmpfs / "kept.json").write_text("{}")
+    with pytest.raises(StorageError, match="no space left .* free some space"):
+        atomic_write_bytes(small_tmpfs / "summary.json", b"x" * (2 << 20))
+    with pytest.raises(StorageError, match="no space left"):
+        save_tensors(small_tmpfs / "ckpt" / "defense.safetensors", {"w": torch.zeros(600_000)}, {"epoch": 1})
+    assert _files(small_tmpfs) in (["kept.json"], ["ckpt", "kept.json"])  # no temp file, no partial file
+    assert not list(small_tmpfs.rglob("*.tmp")) and not (small_tmpfs / "summary.json").exists()
+
+
+def test_full_cache_leaves_no_half_written_adversarial_set(small_tmpfs, one_thread):
+    from addd.advcache import AdvCache, AdvRequest
+    from addd.storage import StorageError
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    x, y = torch.rand(96, 3, 32, 32), torch.randint(0, 10, (96,))
+    filler = small_tmpfs / "filler"
+    filler.write_bytes(b"\0" * (1024 * 1024 - 300 * 1024))  # ~300 KiB left: less than the set
+    cache = AdvCache.under(small_tmpfs)
+    request = AdvRequest("svhn", "val", x, y, model, "PGDu", model_sha256="m" * 64, budget=0.05, seed=0)
+    with pytest.raises(StorageError, match="no space left"):
+        cache.get_many([request])
+    filler.unlink()
+    entries = [p for p in small_tmpfs.rglob("*") if p.is_file()]
+    assert all(p.name.endswith(".lock") for p in entries), entries  # no tensors, no manifest, no temp folder
+
+
+def test_read_only_storage_gives_a_storage_error(small_tmpfs):
+    from addd.storage import StorageError, atomic_write_bytes, save_tensors
+
+    _remount(small_tmpfs, ro=True)
+    with pytest.raises(StorageError, match="not writable .*Read-only file system"):
+        atomic_write_bytes(small_tmpfs / "summary.json", b"{}")
+    with pytest.raises(StorageError, match="not writable"):
+        save_tensors(small_tmpfs / "sub" / "defense.safetensors", {"w": torch.zeros(3)}, {})
+    assert _files(small_tmpfs) == []
