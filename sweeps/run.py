@@ -203,14 +203,26 @@ def preflight(plan) -> None:
         if why := _reachable(target.hostname, target.port):
             raise SweepError(f"--address {plan.address}: no Ray cluster answers there ({why}); check the head's address "
                              f"and port (ray status on the head) or drop --address to start a local Ray")
-    folder = plan.run_dir
-    while not folder.exists():  # the nearest existing folder decides whether the run folder can be made
-        folder = folder.parent
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as exc:
-        raise SweepError(f"cannot write the run folder {plan.run_dir} ({exc.strerror or exc} in {folder}); "
-                         f"pass a writable --run-dir") from None
+    state = plan.run_dir / "sweep.json"
+    if plan.resume and not state.exists():
+        what = "is not a sweep's run folder" if plan.run_dir.exists() and any(plan.run_dir.iterdir()) else "holds no sweep"
+        raise SweepError(f"nothing to resume: {plan.run_dir} {what} (no sweep.json); drop --resume to start a new "
+                         f"sweep or pass the --run-dir of an interrupted one")
+    if plan.resume:
+        try:
+            json.loads(state.read_text())["space"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SweepError(f"{state} is not a sweep's state file ({type(exc).__name__}: {exc}); "
+                             f"pass the --run-dir of an interrupted sweep") from None
+    for option, path in (("--run-dir", plan.run_dir), ("--cache-dir", plan.cache_dir)):
+        folder = path
+        while not folder.exists():  # the nearest existing folder decides whether this one can be made
+            folder = folder.parent
+        try:
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as exc:
+            raise SweepError(f"cannot write {option} {path} ({exc.strerror or exc} in {folder}); "
+                             f"pass a writable {option}") from None
 
 
 def sync_mlflow(run_dir: Path, tracking_uri: str | None) -> int:
@@ -247,6 +259,13 @@ def sync_mlflow(run_dir: Path, tracking_uri: str | None) -> int:
     return 0
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line; a Ray task's error (it carries its traceback) gives its cause's."""
+    cause = getattr(exc, "cause", None)
+    text = str(cause if isinstance(cause, BaseException) else exc)
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -281,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     except AdddError as exc:  # every project error; the message says what to do
         if args.verbose:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     print(f"summary: {summary_path}")
     print(f"report:  {summary_path.parent / 'report'}")
