@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -341,3 +342,124 @@ def test_ray_up_submit_down_on_a_local_sshd():
             state.unlink(missing_ok=True)
     mine = [line for line in table.splitlines() if f"127.0.0.1:{ssh_port} " in line or f":{gcs_port} " in line]
     assert not mine, "still listening after the test:\n" + "\n".join(mine)
+
+
+# ----------------------------------------------------------------------------- shared backends
+def _pg_bin() -> Path:
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not found:
+        pytest.fail("PostgreSQL is missing: apt-get install -y postgresql (.ci/run does)", pytrace=False)
+    return found[-1].parent
+
+
+def _start_postgres(tmp: Path) -> tuple[subprocess.Popen, int]:
+    """A PostgreSQL of its own: data in ``tmp``, 127.0.0.1 only, run as the ``postgres`` user
+    (initdb refuses root), trust auth (loopback only, throwaway data)."""
+    import pwd
+
+    pg = _pg_bin()
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.fail("no 'postgres' user: apt-get install -y postgresql creates it", pytrace=False)
+    as_postgres = {"user": user.pw_uid, "group": user.pw_gid}
+    os.chown(tmp, user.pw_uid, user.pw_gid)
+    out = subprocess.run([str(pg / "initdb"), "-D", str(tmp / "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                          "--no-sync"], capture_output=True, text=True, timeout=120, cwd=tmp, **as_postgres)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    port = free_port()
+    proc = start([str(pg / "postgres"), "-D", str(tmp / "data"), "-c", "listen_addresses=127.0.0.1", "-c", f"port={port}",
+                  "-c", f"unix_socket_directories={tmp}", "-c", "fsync=off", "-c", "max_connections=50"],
+                 tmp / "postgres.log", cwd=tmp, **as_postgres)
+    wait_for_port(port, 60, proc, "postgres", tmp / "postgres.log")
+    for db in ("mlflow", "optuna"):
+        out = subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", db],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+    return proc, port
+
+
+def _stop_postgres(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGINT)  # "fast" shutdown: disconnects clients, then exits
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc)
+
+
+def test_sweep_against_postgres_optuna_and_mlflow_server():
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from sweeps.spaces import get_space
+
+    require_module_hint = "pip install psycopg2-binary (in pyproject's test extra)"
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        pytest.fail(f"psycopg2 is missing: {require_module_hint}", pytrace=False)
+    help_text = subprocess.run(RUN + ["--help"], capture_output=True, text=True, timeout=120, env=env()).stdout
+    assert "--optuna-storage" in help_text, "sweeps/run.py has no --optuna-storage URL option (the Optuna RDB URL)"
+
+    space = get_space("digits_ablation", smoke=True)
+    tmp = _short_tmp("pg")
+    pg = server = None
+    timings = {}
+    try:
+        t = time.perf_counter()
+        pg, pg_port = _start_postgres(tmp)
+        timings["postgres up"] = time.perf_counter() - t
+        mlflow_db = f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/mlflow"
+        optuna_url = f"postgresql+psycopg2://postgres@127.0.0.1:{pg_port}/optuna"
+        port = free_port()
+        t = time.perf_counter()
+        # The README's server command, bound to 127.0.0.1.
+        server = start([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                        "--backend-store-uri", mlflow_db, "--artifacts-destination", str(tmp / "artifacts")],
+                       tmp / "mlflow.log", cwd=tmp, env=env())
+        wait_for_port(port, 180, server, "mlflow server", tmp / "mlflow.log")
+        timings["mlflow server up"] = time.perf_counter() - t
+        tracking = f"http://127.0.0.1:{port}"
+
+        run_dir = tmp / "run"
+        t = time.perf_counter()
+        out = subprocess.run(
+            RUN + ["--space", "digits_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(tmp / "cache"),
+                   "--data-root", str(tmp / "data"), "--tracking-uri", tracking, "--optuna-storage", optuna_url],
+            cwd=tmp, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=env(),
+        )
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:] + tail(tmp / "mlflow.log")
+        timings["smoke sweep"] = time.perf_counter() - t
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert not (run_dir / "optuna.db").exists() and not (run_dir / "mlflow.db").exists(), "fell back to SQLite"
+
+        # MLflow: the parent run and one nested run per trial, read back through the server.
+        client = MlflowClient(tracking)
+        experiment = client.get_experiment_by_name("addd-digits_ablation")
+        runs = client.search_runs([experiment.experiment_id], max_results=1000)
+        parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+        assert len(parents) == 1 and parents[0].info.run_id == summary["mlflow_parent_run_id"]
+        assert parents[0].info.status == "FINISHED"
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+        assert len(children) == len(runs) - 1 == len(space.variants) * (space.num_samples + space.seeds)
+        assert all(c.info.status == "FINISHED" and "objective" in c.data.metrics for c in children)
+        stored = client.download_artifacts(parents[0].info.run_id, "summary.json", str(tmp))
+        assert json.loads(Path(stored).read_text()) == summary
+        assert list((tmp / "artifacts").rglob("summary.json")), "artifacts not under the server's destination"
+
+        # Optuna: each variant's study in PostgreSQL.
+        for variant in space.variants:
+            study = optuna.load_study(study_name=f"digits_ablation-smoke-{variant}", storage=optuna_url)
+            assert len(study.trials) == space.num_samples
+            assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+            assert summary["variants"][variant]["search"]["trials"] == space.num_samples
+        print(f"\n[timing] {', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}")
+    finally:
+        kill_tree(server)
+        _stop_postgres(pg)
+        left = pids_mentioning(str(tmp))
+        kill_tree(None, left)
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert not left, f"processes outlived the test: {left}"
