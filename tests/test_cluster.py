@@ -358,6 +358,8 @@ def _start_postgres(tmp: Path) -> tuple[subprocess.Popen, int]:
     import pwd
 
     pg = _pg_bin()
+    if os.geteuid() != 0:
+        pytest.fail("this test runs PostgreSQL as the 'postgres' user: run it as root (CI does)", pytrace=False)
     try:
         user = pwd.getpwnam("postgres")
     except KeyError:
