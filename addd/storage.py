@@ -2,7 +2,8 @@
 safetensors used by target models, defenses and the adversarial-example cache.
 
 Files are written to a temporary name in the destination folder and renamed into place, so a
-reader never sees a half-written file and a crash leaves no partial entry behind.
+reader never sees a half-written file and a crash leaves no partial entry behind. They get the
+mode a plain ``open()`` would give (0o666 minus the umask), not the temporary file's 0o600.
 """
 
 from __future__ import annotations
@@ -49,6 +50,27 @@ def write_error(path: str | os.PathLike, exc: BaseException) -> BaseException:
     return exc
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (os.umask(0) would leave
+    other threads a moment of 0o666 files)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def publish_mode(path: str | os.PathLike) -> None:
+    """Give a file the mode a plain ``open()`` would have (0o666 minus the umask): temporary files
+    are created 0o600, and results on a shared folder must be readable by the team."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder + rename).
     A full or read-only folder raises StorageError and leaves nothing behind."""
@@ -61,6 +83,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
@@ -83,6 +106,7 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
         save_file(cpu, tmp, metadata={METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        publish_mode(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:

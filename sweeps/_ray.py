@@ -59,24 +59,67 @@ def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
     A local Ray listens on 127.0.0.1 only (GCS, raylet, object manager, workers): it runs with
     token authentication off, so nothing beyond this machine may reach it. Ray needs both the
     node address and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set before it starts.
+
+    Ray's console output is the sweep console's, not Ray's: Ray's loggers propagate to the root
+    logger (the run folder's sweep.log), the workers' stdout/stderr go there through the logger
+    ``ray.workers`` (checkpoint lines, tracebacks of workers killed at shutdown), and Tune prints
+    no config box, TensorBoard hint or progress table (legacy reporter at verbose=0).
     """
     if ray.is_initialized():
         return ray.cluster_resources()
     # Every epoch's checkpoint forces an experiment snapshot (num_to_keep=1): cheap here, not a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new output prints its box and hints even at verbose=0
+    quiet = dict(configure_logging=False, log_to_driver=_can_route_worker_output())
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster, loopback only
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
-                 _node_ip_address=LOOPBACK)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
     else:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, **quiet)
+    ray_logger = logging.getLogger("ray")
+    ray_logger.propagate, ray_logger.level = True, logging.INFO  # configure_logging=False left it silenced
+    if quiet["log_to_driver"]:
+        _route_worker_output()
     return ray.cluster_resources()
 
 
-def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], *, label: str, num_cpus: float = 1, num_gpus: float = 0) -> list[Any]:
-    """``[fn(item) for item in items]`` as Ray tasks, logging progress as each one finishes."""
+_WORKER_LOG = logging.getLogger("ray.workers")
+
+
+def _can_route_worker_output() -> bool:
+    try:
+        from ray._private.worker import global_worker_stdstream_dispatcher  # noqa: F401
+    except ImportError:  # another Ray: the workers' output stays in Ray's own log folder
+        return False
+    return True
+
+
+def _route_worker_output() -> None:
+    """The workers' stdout/stderr (which Ray prints on the driver's console, in colour) to the
+    logger ``ray.workers`` instead; the handler keeps Ray's name so ray.shutdown removes it."""
+    from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", _log_worker_lines)
+
+
+def _log_worker_lines(data: dict) -> None:
+    who = data.get("actor_name") or data.get("task_name") or "worker"
+    lines = data.get("lines") or ()
+    if data.get("pid") == "autoscaler":  # its status table every few seconds: only its events, as Ray prints them
+        from ray._private.worker import filter_autoscaler_events
+
+        lines = list(filter_autoscaler_events(lines))
+    for line in lines:
+        _WORKER_LOG.info("(%s pid=%s) %s", who, data.get("pid"), line)
+
+
+def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], *, label: str, num_cpus: float = 1, num_gpus: float = 0,
+                 on_done: Callable[[Any, Any, float], None] | None = None) -> list[Any]:
+    """``[fn(item) for item in items]`` as Ray tasks; ``on_done(item, result, seconds in the task)``
+    as each one finishes."""
     if not items:
         return []
     remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=1)(_apply)
@@ -87,14 +130,18 @@ def parallel_map(fn: Callable[[Any], Any], items: Sequence[Any], *, label: str, 
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         index = pending.pop(ready[0])
-        results[index] = ray.get(ready[0])
+        seconds, results[index] = ray.get(ready[0])
         done += 1
-        log.info("%s: %d/%d done (%.0fs)", label, done, len(items), time.perf_counter() - start)
+        log.debug("%s: %d/%d done (%.0fs)", label, done, len(items), time.perf_counter() - start)
+        if on_done is not None:
+            on_done(items[index], results[index], seconds)
     return results
 
 
-def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
-    return fn(item)
+def _apply(fn: Callable[[Any], Any], item: Any) -> tuple[float, Any]:
+    start = time.perf_counter()
+    result = fn(item)
+    return time.perf_counter() - start, result
 
 
 def nodes_without(path: Path) -> list[str]:

@@ -123,14 +123,15 @@ def _check_shared_cache(plan: Plan) -> None:
                          f"put it on storage every node mounts at the same path (NFS, EFS, ...)")
 
 
-def build_sets(plan: Plan, dataset, task_gpus: float):
+def build_sets(plan: Plan, dataset, task_gpus: float, on_event=None):
     """The target model and every adversarial set of the plan, through the shared cache (parallel
-    Ray tasks). Returns (target model entry, {split: SplitSets})."""
+    Ray tasks; an ``adv_set`` event as each one is ready). Returns (target model entry, {split: SplitSets})."""
     import torch
 
     from addd.advcache import AdvCache, AdvRequest
     from addd.target_models import get_target_model
     from sweeps import _ray
+    from sweeps.console import adv_set_origin
     from sweeps.trial import SplitSets
 
     s = plan.space
@@ -146,14 +147,26 @@ def build_sets(plan: Plan, dataset, task_gpus: float):
                        budget=s.attack_budget, seed=0, device=plan.device)
             for attack in attacks
         ]
-        map_fn = lambda fn, items, split=split: _ray.parallel_map(  # noqa: E731
-            fn, items, label=f"adversarial sets ({split})", num_gpus=task_gpus
+        since = time.time()
+
+        def on_done(request, adv_set, seconds, split=split, since=since):
+            _emit(on_event, "adv_set", {"attack": request.attack, "split": split, "seconds": seconds,
+                                        "origin": adv_set_origin(adv_set, since)})
+
+        map_fn = lambda fn, items, split=split, on_done=on_done: _ray.parallel_map(  # noqa: E731
+            fn, items, label=f"adversarial sets ({split})", num_gpus=task_gpus, on_done=on_done
         )
         splits[split] = SplitSets(data.x, data.y, cache.get_many(requests, map_fn=map_fn, progress=_log_progress))
     return target, splits
 
 
-def prepare(plan: Plan) -> Prepared:
+def _emit(on_event, event: str, data: dict) -> None:
+    """A driver event for the console (``sweeps.console.SweepConsole.on_event``; spec None)."""
+    if on_event is not None:
+        on_event(event, None, data)
+
+
+def prepare(plan: Plan, on_event=None) -> Prepared:
     from sweeps import _mlflow, _ray
     from sweeps.trial import Finalists, TrialContext
 
@@ -163,10 +176,11 @@ def prepare(plan: Plan) -> Prepared:
     tracker = _mlflow.Tracker(plan.tracking_uri, plan.experiment, plan.artifact_location,  # fails fast if unreachable
                               journal=plan.run_dir / _mlflow.JOURNAL_FILE)  # later failures: journalled
     state = SweepState.open(plan)
+    _emit(on_event, "run_dir", {"path": str(plan.run_dir)})
     resources = _ray.init(plan.address, plan.num_cpus)
     if plan.address is not None:
         _check_shared_cache(plan)
-    target, splits = build_sets(plan, dataset, task_gpus=1.0 if plan.device == "cuda" else 0.0)
+    target, splits = build_sets(plan, dataset, task_gpus=1.0 if plan.device == "cuda" else 0.0, on_event=on_event)
     s = plan.space
     ctx = TrialContext(
         train=splits["train"],
@@ -188,6 +202,7 @@ def prepare(plan: Plan) -> Prepared:
         plan_path = plan.run_dir / "plan.json"
         plan_path.write_text(json.dumps(plan.describe(), indent=1))
         tracker.log_artifact(state.parent_run_id, plan_path)
+    _emit(on_event, "mlflow", {"experiment_id": tracker.experiment_id, "parent_run_id": state.parent_run_id})
     prepared = Prepared(state, dataset, target, ctx, tracker, _slots(plan, resources), code_version)
     prepared.timings["prepare"] = time.perf_counter() - t0
     return prepared
@@ -240,6 +255,7 @@ def search(plan: Plan, prepared: Prepared, on_event=None) -> list:
     )
     start = time.perf_counter()
     recorder = Recorder(prepared.tracker, prepared.parent, on_event)
+    _emit(on_event, "search", {"slots": prepared.slots})
     outcomes = _ray.run(job, train_defense, prepared.ctx, recorder, plan.resume)
     prepared.timings["trials"] = time.perf_counter() - start
     return outcomes
@@ -347,8 +363,9 @@ def _threat_name(metric: str) -> str:
 # ----------------------------------------------------------------------------- the sweep
 def run_sweep(plan: Plan, on_event=None) -> Path:
     """Run (or resume) the sweep of ``plan``; returns the path of its ``summary.json``."""
-    prepared = prepare(plan)
+    prepared = prepare(plan, on_event)
     outcomes = search(plan, prepared, on_event)
+    _emit(on_event, "publish", {})
     summary_path = publish(plan, prepared, outcomes)
     log.info("sweep done in %.0fs: %s", prepared.timings["total"], summary_path)
     return summary_path

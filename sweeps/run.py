@@ -269,11 +269,9 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    from sweeps.console import SweepConsole  # the console: progress here, every detail in <run dir>/sweep.log
+
+    console = SweepConsole(verbose=args.verbose).configure_logging()
     if args.list_spaces:
         for name, space in SPACES.items():
             print(f"{name:16s} {space.dataset:14s} {space.description}")
@@ -296,15 +294,17 @@ def main(argv: list[str] | None = None) -> int:
         preflight(plan)
         from sweeps.driver import run_sweep
 
-        summary_path = run_sweep(plan)
+        console.begin(plan)
+        summary_path = run_sweep(plan, console.on_event)
     except AdddError as exc:  # every project error; the message says what to do
+        console.stop_live()
         if args.verbose:
             raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
-    print(f"summary: {summary_path}")
-    print(f"report:  {summary_path.parent / 'report'}")
-    print(f"mlflow:  mlflow ui --backend-store-uri {plan.tracking_uri}")
+    finally:
+        console.stop_live()
+    console.finish(summary_path)
     return 0
 
 
