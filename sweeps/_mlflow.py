@@ -59,7 +59,7 @@ class Tracker:
             # MLflow's default is 7 retries with exponential backoff (minutes per call on a dead
             # server); the journal is our retry, so a call may fail fast.
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0.5")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")  # MLflow parses an int
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         mlflow.set_tracking_uri(tracking_uri)
         self.tracking_uri, self.experiment = tracking_uri, experiment
