@@ -57,6 +57,8 @@ from torch import nn
 
 from addd import _advertorch
 from addd.errors import AdddError
+from addd.attacks import seeded
+from addd.inference import eval_mode, frozen, predict
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -228,7 +230,7 @@ def _pgd(model, restore, x, y, *, loss, eps, steps, step_size, rand_init, seed, 
         return x.detach().clone()  # the eps-ball is {x}
     predict = model if restore is None else _Pipeline(model, restore)
     chunks = []
-    with _seeded(seed, device), torch.enable_grad():
+    with seeded(seed, device), torch.enable_grad():
         for begin in range(0, len(x), batch_size):
             x_batch = x[begin:begin + batch_size].detach().to(device).clone()
             y_batch = y[begin:begin + batch_size].detach().to(device)
@@ -421,46 +423,14 @@ def _mean(mask: torch.Tensor) -> float:
 
 @torch.no_grad()
 def _correct(model, restore, x, y, batch_size, device) -> torch.Tensor:
-    """(N,) bool on CPU: model(restore(x)) == y; modules are expected in eval mode already."""
-    preds = []
-    for begin in range(0, len(x), batch_size):
-        batch = x[begin:begin + batch_size].to(device)
-        if restore is not None:
-            batch = restore(batch)
-        preds.append(model(batch).argmax(dim=1).cpu())
-    return torch.cat(preds) == y.cpu()
+    """(N,) bool on CPU: model(restore(x)) == y (batches go to the model's device)."""
+    return predict(model, x, transform=restore, batch_size=batch_size) == y.cpu()
 
 
 @contextlib.contextmanager
 def _attack_state(modules: list[nn.Module]) -> Iterator[None]:
-    """Eval mode and frozen parameters for the block; every submodule's mode and every
-    parameter's requires_grad flag are put back afterwards."""
-    modes = [(m, m.training) for module in modules for m in module.modules()]
-    flags = [(p, p.requires_grad) for module in modules for p in module.parameters()]
-    for module in modules:
-        module.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
+    """Eval mode and frozen parameters for the block (addd.inference), both put back afterwards."""
+    with eval_mode(*modules), frozen(*modules):
         yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, training in modes:
-            m.training = training
 
 
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch and numpy (as addd.attacks does), leaving the caller's random state as it was."""
-    devices = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    numpy_state = np.random.get_state()
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        try:
-            yield
-        finally:
-            np.random.set_state(numpy_state)

@@ -400,7 +400,7 @@ def _run(name, model, x, y, *, dataset, budget, seed, device, overrides) -> Atta
 
     start = time.perf_counter()
     chunks, counts = [], {}
-    with frozen(model), _seeded(seed, device):
+    with frozen(model), seeded(seed, device):
         for begin in range(0, len(x_in), params["batch_size"]):
             stop = begin + params["batch_size"]
             x_chunk, chunk_counts = spec.run(model, x_in[begin:stop], labels[begin:stop], params)
@@ -430,7 +430,7 @@ def _check_inputs(x: torch.Tensor, y: torch.Tensor) -> None:
 
 
 @contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch and numpy for the attack, leaving the caller's random state as it was."""
     devices = []
     if device.type == "cuda":

@@ -24,22 +24,16 @@ the classifier give bit-identical outputs before and after save/load. On CUDA th
 weights are identical too, but cuDNN's default algorithms vary in the last bit (measured on an
 H200: 1.2e-7 between two calls of the same module, and run-to-run loss differences of ~1e-6);
 set ``torch.backends.cudnn.deterministic = True`` where bit-exact results matter.
-
-Imports: ``addd.errors``, ``addd.architectures`` and ``addd.inference`` did not exist when this
-module was written (they appeared uncommitted later). ``BaselineError`` derives from
-``addd.errors.AdddError`` when that module is present (else ValueError); the architectures are
-imported through ``addd.target_models``, which imports them from wherever they live.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -51,12 +45,10 @@ from addd.config import NetworkConfig
 from addd.defense import EpochReport, NonFiniteLossError
 from addd.networks import Encoder, Generator, ImageDiscriminator
 from addd.storage import StorageError, load_tensors, save_tensors
-from addd.target_models import DEFAULT_ARCH, arch_kwargs_for, build_target_model
+from addd.architectures import DEFAULT_ARCH, arch_kwargs_for, build_target_model
+from addd.inference import frozen
 
-try:  # the project-wide error base, once it exists
-    from addd.errors import AdddError as _ErrorBase
-except ImportError:  # pragma: no cover - depends on the tree's state
-    _ErrorBase = ValueError
+from addd.errors import AdddError as _ErrorBase
 
 log = logging.getLogger(__name__)
 
@@ -118,19 +110,6 @@ def _check_finite(values: Mapping[str, torch.Tensor], epoch: int, step: int) -> 
     bad = {name: float(v.detach()) for name, v in values.items() if not torch.isfinite(v).all()}
     if bad:
         raise NonFiniteLossError(f"epoch {epoch}, step {step}: non-finite loss {bad}; lower lr or the loss weights")
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    """No parameter gradients for ``module`` in the block (its inputs still get them)."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def _adam(params: Sequence[nn.Parameter], lr: float, device: torch.device) -> torch.optim.Optimizer:
@@ -354,7 +333,7 @@ class APEGAN(nn.Module):
                 opt_d.zero_grad(set_to_none=True)
                 values["di"].backward()
                 opt_d.step()
-            with _frozen(self.discriminator):
+            with frozen(self.discriminator):
                 values["mse"] = losses.reconstruction_loss(restored, x_clean.repeat(1 + len(adversarial), 1, 1, 1))
                 total = cfg.mse_weight * values["mse"]
                 if cfg.adv_weight > 0:
