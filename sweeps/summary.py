@@ -11,7 +11,7 @@ from __future__ import annotations
 import statistics
 from typing import Any, Mapping, Sequence
 
-from sweeps.trialspec import EPOCH, OBJECTIVE, TrialOutcome, is_finite
+from sweeps.trialspec import EPOCH, TrialOutcome, is_finite
 
 SUMMARY_FILE = "summary.json"
 FORMAT = "addd-sweep-summary/2"
