@@ -257,9 +257,9 @@ def _read_svhn_mat(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         mat = loadmat(str(path))
         x, y = mat["X"], mat["y"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - scipy raises IndexError, MatReadError, ... on a corrupt file
         raise DataError(
-            f"{path} is not an SVHN .mat file with X and y ({exc}); delete it and download it again"
+            f"{path} is not an SVHN .mat file with X and y ({type(exc).__name__}: {exc}); delete it and download it again"
         ) from exc
     if x.ndim != 4 or x.shape[:3] != (IMAGE_SIZE, IMAGE_SIZE, 3) or x.shape[3] != y.size:
         raise DataError(f"{path}: X must be (32, 32, 3, N) with N labels, got X {x.shape}, y {y.shape}")

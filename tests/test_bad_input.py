@@ -120,10 +120,11 @@ def test_missing_dataset_files(tmp_path):
 def test_corrupt_dataset_files(tmp_path):
     folder = tmp_path / "data" / "svhn"
     folder.mkdir(parents=True)
-    for split in ("train", "test"):
-        (folder / f"{split}_32x32.mat").write_bytes(b"this is not a MATLAB file" * 10)
     args = ["--space", "svhn_ablation", "--smoke", "--data-root", str(tmp_path / "data")] + _run_args(tmp_path)
-    _fails_cleanly(RUN + args, tmp_path, "train_32x32.mat")
+    for junk in (b"this is not a MATLAB file" * 10, b"not a mat" * 10):  # scipy: ValueError, IndexError
+        for split in ("train", "test"):
+            (folder / f"{split}_32x32.mat").write_bytes(junk)
+        _fails_cleanly(RUN + args, tmp_path, "train_32x32.mat is not an SVHN .mat file")
 
 
 def test_target_model_of_another_architecture(tmp_path):
