@@ -143,3 +143,189 @@ def test_read_only_storage_gives_a_storage_error(small_tmpfs):
     with pytest.raises(StorageError, match="not writable"):
         save_tensors(small_tmpfs / "sub" / "defense.safetensors", {"w": torch.zeros(3)}, {})
     assert _files(small_tmpfs) == []
+
+
+# ----------------------------------------------------------------------------- end to end (slow)
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    """Target model and adversarial sets shared by this module's sweeps."""
+    return tmp_path_factory.mktemp("faults_cache")
+
+
+def _events(run_dir: Path) -> list[dict]:
+    path = run_dir / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _smoke(run_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
+    return RUN + ["--space", "digits_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
+                  "--num-samples", "1", *extra]
+
+
+def _children(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("addd-digits_ablation")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    return client, [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+@pytest.mark.slow
+def test_nan_trial_fails_with_its_reason_and_the_sweep_finishes(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    out = subprocess.run(_smoke(run_dir, cache_dir, "--set", "train.lr=1e6"), cwd=tmp_path, capture_output=True,
+                         text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for entry in summary["variants"].values():
+        assert entry["search"]["failed"] == 1 and entry["search"]["best"] is None
+        assert all("non-finite loss" in reason for reason in entry["search"]["errors"].values())
+    _, children = _children(f"sqlite:///{run_dir / 'mlflow.db'}")
+    assert children
+    failed = [c for c in children if c.data.tags.get("phase") == "search"]
+    assert failed and all(c.info.status == "FAILED" and "non-finite loss" in c.data.tags["failure_reason"]
+                          for c in failed)
+
+
+@pytest.mark.slow
+def test_killed_trial_worker_resumes_with_its_optimiser_and_one_mlflow_run(tmp_path, cache_dir):
+    run_dir = tmp_path / "run"
+    log = open(tmp_path / "sweep.log", "w")
+    sweep = subprocess.Popen(_smoke(run_dir, cache_dir, "--set", "train.epochs=4"), cwd=tmp_path, stdout=log,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline, victim = time.time() + 600, None
+        while victim is None:  # a trial past its first checkpoint, not yet ended: kill its worker
+            assert sweep.poll() is None and time.time() < deadline, (tmp_path / "sweep.log").read_text()[-3000:]
+            events = _events(run_dir)
+            ended = {e["trial_id"] for e in events if e["event"] == "end"}
+            for e in events:
+                if e["event"] == "epoch" and e["epoch"] == 1 and e["trial_id"] not in ended:
+                    victim = e
+            time.sleep(0.1)
+        os.kill(victim["pid"], signal.SIGKILL)
+        assert sweep.wait(timeout=900) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        log.close()
+    starts = [e for e in _events(run_dir) if e["trial_id"] == victim["trial_id"] and e["event"] == "start"]
+    assert len(starts) == 2, starts  # retried once, by Ray
+    assert starts[1]["start_epoch"] >= 1 and starts[1]["optimizer_restored"] is True
+    _, children = _children(f"sqlite:///{run_dir / 'mlflow.db'}")
+    keys = [c.data.tags["addd.trial_key"] for c in children]
+    assert keys.count(victim["trial_id"]) == 1 and len(keys) == len(set(keys))
+    assert (run_dir / "summary.json").exists()
+
+
+def _start_mlflow(db: Path, port: int, log: Path) -> subprocess.Popen:
+    server = subprocess.Popen(["mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{db}", "--default-artifact-root",
+                               str(db.parent / "artifacts")], stdout=open(log, "a"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    deadline = time.time() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    try:
+        os.killpg(server.pid, signal.SIGKILL)  # the server and its gunicorn/uvicorn workers
+    except ProcessLookupError:
+        pass
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_mlflow_server_going_away_loses_nothing_and_sync_is_idempotent(tmp_path, cache_dir):
+    if shutil.which("mlflow") is None:
+        pytest.skip("no mlflow executable")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db, uri, run_dir = tmp_path / "server" / "mlflow.db", f"http://127.0.0.1:{port}", tmp_path / "run"
+    db.parent.mkdir()
+    server = _start_mlflow(db, port, tmp_path / "server.log")
+    log = open(tmp_path / "sweep.log", "w")
+    sweep = subprocess.Popen(_smoke(run_dir, cache_dir, "--tracking-uri", uri), cwd=tmp_path, stdout=log,
+                             stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 600
+        while len({e["trial_id"] for e in _events(run_dir) if e["event"] == "end"}) < 2:
+            assert sweep.poll() is None and time.time() < deadline, (tmp_path / "sweep.log").read_text()[-3000:]
+            time.sleep(0.2)
+        _stop(server)  # the server goes away mid-sweep ...
+        assert sweep.wait(timeout=900) == 0, (tmp_path / "sweep.log").read_text()[-3000:]  # ... the sweep does not
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        log.close()
+        _stop(server)
+    journal = run_dir / "mlflow_journal.jsonl"
+    assert journal.exists() and (run_dir / "summary.json").exists()
+    trials = {e["trial_id"] for e in _events(run_dir)}
+
+    server = _start_mlflow(db, port, tmp_path / "server.log")
+    try:
+        counts = []
+        for _ in range(2):  # twice: the second sync adds nothing
+            out = subprocess.run(RUN + ["--sync-mlflow", str(run_dir)], cwd=tmp_path, capture_output=True, text=True,
+                                 timeout=600)
+            assert out.returncode == 0, out.stderr[-3000:]
+            client, children = _children(uri)
+            counts.append({c.data.tags["addd.trial_key"]: (
+                {k: len(client.get_metric_history(c.info.run_id, k)) for k in c.data.metrics},
+                len(c.data.params), c.info.status) for c in children})
+        assert counts[0] == counts[1]
+        assert set(counts[0]) == trials  # one child run per trial, none twice
+        epochs = {t: max([e["epoch"] for e in _events(run_dir) if e["trial_id"] == t and e["event"] == "epoch"],
+                         default=0) for t in trials}
+        for key, (histories, params, status) in counts[0].items():  # every epoch's metrics arrived
+            assert histories.get("loss/total", 0) == epochs[key], (key, histories, epochs[key])
+            assert status in ("FINISHED", "FAILED") and params > 5
+    finally:
+        _stop(server)
+
+
+def test_tracker_journals_what_mlflow_missed_and_sync_replays_it_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from sweeps import _mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    journal = tmp_path / _mlflow.JOURNAL_FILE
+    tracker = _mlflow.Tracker(uri, "addd-digits_ablation", (tmp_path / "art").as_uri(), journal=journal)
+    parent = tracker.start_parent("sweep", {"space": "digits_ablation"}, {"a": 1})
+    online = tracker.child(parent, "t1", "search-full-t1", {"p": 1}, {"phase": "search"})
+    tracker.log_metrics(online, {"loss/total": 1.0}, step=1)
+
+    real = tracker.client
+    tracker.client = type("Down", (), {"__getattr__": lambda self, name: (_ for _ in ()).throw(ConnectionError("down"))})()
+    tracker.log_metrics(online, {"loss/total": 0.5}, step=2)  # missed, journalled: no exception
+    pending = tracker.child(parent, "t2", "search-full-t2", {"p": 2}, {"phase": "search"})
+    assert pending.startswith(_mlflow.PENDING)
+    tracker.log_metrics(pending, {"loss/total": 0.7, "objective": 0.3}, step=1)
+    (tmp_path / "curve.csv").write_text("eps,acc\n0,1\n")
+    tracker.log_artifact(pending, tmp_path / "curve.csv")
+    tracker.set_tags(pending, {"failure_reason": "non-finite loss"})
+    tracker.finish(pending, ok=False)
+    tracker.client = real
+    assert len(journal.read_text().splitlines()) == 6
+
+    client = MlflowClient(uri)
+    for _ in range(2):  # idempotent
+        assert _mlflow.sync(journal, uri) == 6
+        runs = client.search_runs([tracker.experiment_id], filter_string=f"tags.`{_mlflow.PARENT_TAG}` = '{parent}'")
+        by_key = {r.data.tags[_mlflow.TRIAL_TAG]: r for r in runs}
+        assert sorted(by_key) == ["t1", "t2"]
+        assert [m.value for m in client.get_metric_history(online, "loss/total")] == [1.0, 0.5]
+        t2 = by_key["t2"]
+        assert [m.value for m in client.get_metric_history(t2.info.run_id, "loss/total")] == [0.7]
+        assert t2.info.status == "FAILED" and t2.data.tags["failure_reason"] == "non-finite loss"
+        assert [a.path for a in client.list_artifacts(t2.info.run_id)] == ["curve.csv"]
