@@ -31,17 +31,21 @@ def ablation_bars(table: pd.DataFrame, summary: Mapping, known: Sequence[str], t
     sides = [("known attacks (trained on)", [a for a in attacks if a in known]),
              ("unknown attacks", [a for a in attacks if a not in known])]
     sides = [(label, chosen) for label, chosen in sides if chosen]
-    low = float(np.nanmin(obl["mean"] - obl["std"].fillna(0)))
-    high = float(np.nanmax(obl["mean"] + obl["std"].fillna(0)))
-    pad = max(0.02, 0.08 * (high - low))
-    ylim = (max(0.0, low - pad), min(1.0, high + pad)) if high > low else (max(0.0, low - 0.05), min(1.0, high + 0.05))
-    figure, axes = plt.subplots(len(groups), len(sides), squeeze=False, sharey=True,
+    def zoom(names: list[str]) -> tuple[float, float]:  # per row: the differences of that row visible
+        rows = obl[obl["variant"].isin(names)]
+        low = float(np.nanmin(rows["mean"] - rows["std"].fillna(0)))
+        high = float(np.nanmax(rows["mean"] + rows["std"].fillna(0)))
+        pad = max(0.02, 0.08 * (high - low))
+        return max(0.0, low - pad), min(1.0, high + pad)
+
+    figure, axes = plt.subplots(len(groups), len(sides), squeeze=False, sharey="row",
                                 figsize=(2.0 + 0.9 * len(attacks) + 2.5, 2.8 * len(groups) + 0.8),
                                 gridspec_kw={"width_ratios": [len(c) for _, c in sides]})
     colours = plt.get_cmap("tab10")
     for r, (kind, label) in enumerate(groups):
         names = ["full", *[n for n in dict.fromkeys(obl[obl["kind"] == kind]["variant"]) if n != "full"]]
         width = 0.8 / len(names)
+        ylim = zoom(names)
         for c, (side, chosen) in enumerate(sides):
             ax = axes[r][c]
             positions = np.arange(len(chosen))
@@ -54,10 +58,10 @@ def ablation_bars(table: pd.DataFrame, summary: Mapping, known: Sequence[str], t
             ax.set_ylim(*ylim)
             ax.grid(axis="y", alpha=0.3)
             ax.set_title(f"{label}: {side}", fontsize=9)
-        axes[r][0].set_ylabel("oblivious test accuracy")
+        axes[r][0].set_ylabel(f"oblivious test accuracy\n(zoomed: {ylim[0]:.2f}-{ylim[1]:.2f})", fontsize=8)
         axes[r][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="defense",
                            title_fontsize=8, frameon=False)
-    figure.suptitle(f"{title}\nbars: mean over seeds, error bars: ± std; y axis zoomed to [{ylim[0]:.2f}, {ylim[1]:.2f}]",
+    figure.suptitle(f"{title}\nbars: mean over seeds, error bars: ± std over seeds; each row's y axis zoomed to its bars",
                     fontsize=10)
     figure.tight_layout()
     return figure

@@ -437,7 +437,8 @@ def _report_text(summary, title, searches, restored, curves: bool, optuna_plots)
     if study:
         t = study.get("timings_seconds", {})
         out.append(f"\nStudy: {len(study.get('trained', []))} final(s) trained in this run, "
-                   f"{t.get('total', float('nan')):.0f}s in all ({study.get('parallelism')}).")
+                   f"{t.get('this_run', float('nan')):.0f}s this run; per final (train + evaluate, when computed): "
+                   + ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if "-seed" in k) + f" ({study.get('parallelism')}).")
     return "\n".join(out) + "\n"
 
 
