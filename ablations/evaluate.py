@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -72,6 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=None, help="scales attack iterations (default: the summary's, else 1.0)")
     parser.add_argument("--seed", type=int, default=0, help="attack seed (the sweep's sets use 0)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show every log record (with --out they are in evaluate.log)")
     parser.add_argument("--out", default=None, help="folder for oblivious.csv, adaptive.csv, evaluation.json")
     args = parser.parse_args(argv)
     sweep = {}
@@ -99,8 +99,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> dict:
+def run(args: argparse.Namespace, console=None) -> dict:
     from addd.adaptive import evaluate_adaptive_suite
+    from sweeps.console import Console, timed_map
+
+    console = console or Console()
 
     defense = addd.load_defense(args.defense, device=args.device)
     data = load_dataset(args.dataset, args.data_root, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
@@ -113,16 +116,14 @@ def run(args: argparse.Namespace) -> dict:
     model = target.model
     x, y = data.test.x, data.test.y
 
-    def progress(attack: str, done: int, total: int) -> None:
-        logging.info("%s: %d/%d examples", attack, done, total)
-
     cache = AdvCache.under(cache_dir)  # the sweep's cache: its sets are reused, not regenerated
     requests = [
         AdvRequest(args.dataset, "test", x, y, model, attack, model_sha256=target.weights_sha256,
                    budget=args.budget, seed=args.seed, device=args.device)
         for attack in args.attacks
     ]
-    adv_sets = cache.get_many(requests, progress=progress)
+    adv_sets = cache.get_many(requests, map_fn=timed_map(console, "test"), progress=console.progress_fn())
+    console.flush_cached()
     known = list(defense.config.known_attacks)
     report = evaluate(defense, model, x, y, adv_sets, known_attacks=known, holdout=args.holdout)
     oblivious = report.to_frame().rename(columns={"defended": "oblivious (defended)", "undefended": "white-box on M_t (undefended)"})
@@ -145,6 +146,8 @@ def run(args: argparse.Namespace) -> dict:
     print(" ".join(f"{k}={v:.4f}" for k, v in report.to_metrics().items() if not k.startswith("acc.")))
     side = None
     if args.adaptive:
+        console.line(f"{console.stamp()} adaptive attacks through the defense ({', '.join(args.adaptive)}; "
+                     f"first {args.adaptive_n or len(y)} examples)...")
         suite = evaluate_adaptive_suite(model, defense, x, y, dataset=args.dataset, steps=args.adaptive_steps,
                                         seed=args.seed, budget=args.budget, n=args.adaptive_n,
                                         autoattack=bool({"AA_Linf", "AA_L2"} & set(args.adaptive)),
@@ -177,13 +180,21 @@ def side_by_side(suite, report):
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sweeps.console import Console  # one line per adversarial set here; the detail in <out>/evaluate.log
+
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    console = Console(verbose=args.verbose).configure_logging()
     try:
-        run(args)
+        if args.out:
+            console.open_log(Path(args.out) / "evaluate.log")
+        run(args, console)
     except (AdddError, OSError) as exc:  # every addd error carries a what-to-do message
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    finally:
+        console.close()
+    if console.log_path:
+        print(f"\nresults: {Path(args.out).resolve()}/ (evaluation.json, CSVs)\nlog:     {console.log_path.resolve()}")
     return 0
 
 

@@ -122,6 +122,8 @@ class Console:
         self._live = None
         self._buffer: _Buffer | None = None
         self._cached: tuple[str, list[str]] | None = None
+        self._handlers: list[logging.Handler] = []
+        self._root_level = logging.WARNING
         if self.live:
             from rich.console import Console as RichConsole
 
@@ -138,8 +140,7 @@ class Console:
         """Route every log record to the log file (opened later by :meth:`open_log`), ours from
         WARNING on (everything with ``verbose``) to the console."""
         root = logging.getLogger()
-        for handler in list(root.handlers):
-            root.removeHandler(handler)
+        self._root_level = root.level
         root.setLevel(logging.INFO)
         for name in OUR_PACKAGES:
             logging.getLogger(name).setLevel(logging.DEBUG)
@@ -148,8 +149,9 @@ class Console:
         logging.captureWarnings(True)
         os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # else MLflow prints to stderr itself
         self._buffer = _Buffer()
-        root.addHandler(self._buffer)
-        root.addHandler(_ToConsole(self, self.verbose))
+        self._handlers = [self._buffer, _ToConsole(self, self.verbose)]
+        for handler in self._handlers:
+            root.addHandler(handler)
         return self
 
     @staticmethod
@@ -174,10 +176,17 @@ class Console:
         return path
 
     def close(self) -> None:
+        """Stop the live display and give the root logger back as it was (in-process callers)."""
         self.stop_live()
+        self.flush_cached()
+        root = logging.getLogger()
+        for handler in self._handlers:
+            root.removeHandler(handler)
+            handler.close()
+        self._handlers = []
         if self._buffer is not None:
-            logging.getLogger().removeHandler(self._buffer)
-            self._buffer.close()
+            root.setLevel(self._root_level)
+            self._buffer = None
 
     # -- output
     def line(self, text: str) -> None:
