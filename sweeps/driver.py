@@ -283,8 +283,10 @@ def summary_header(plan: Plan, prepared: Prepared) -> dict[str, Any]:
 
 
 def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
-    """summary.json (always), the best defense, the report and the parent run's figures."""
+    """summary.json (always), the best defense, the Optuna plots, the study (fixed ablations,
+    baselines, statistics: ``ablations.study``), the report and the parent run's figures."""
     from ablations.report import build_report
+    from ablations.study import run_study
     from addd.storage import atomic_write_bytes
     from sweeps import _optuna
     from sweeps.summary import SUMMARY_FILE, build_summary
@@ -311,11 +313,20 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     tracker.log_metrics(parent, parent_metrics(summary), step=0)
 
     report_dir = plan.run_dir / "report"
-    paths = build_report(summary, report_dir, finals_dir=finals_dir)
+    paths = []
     for variant in s.variants:
         paths += _optuna.save_study_plots(plan.optuna_url, plan.study_name(variant), report_dir, variant)
     for path in paths:
         tracker.log_artifact(parent, path, "report")
+    start = time.perf_counter()
+    if summary["variants"].get("full", {}).get("best_config") is not None:
+        # fixed ablations, baselines, paired statistics and the report: the same code as `python -m ablations.run`
+        run_study(plan.run_dir, tracker=tracker, parent_run_id=parent, data_root=plan.data_root)
+    else:
+        log.warning("no fixed ablations or baselines: variant 'full' has no best config (see summary.json)")
+        for path in build_report(summary, report_dir, finals_dir=finals_dir):
+            tracker.log_artifact(parent, path, "report")
+    prepared.timings["study"] = time.perf_counter() - start
     prepared.timings["total"] = sum(prepared.timings.values())
     (plan.run_dir / TIMINGS_FILE).write_text(json.dumps({**prepared.timings, "slots": prepared.slots}, indent=1))
     tracker.finish(parent, ok=True)

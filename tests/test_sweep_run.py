@@ -26,7 +26,7 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sweep_cache")
 
 
-def _sweep(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+def _sweep(args: list[str], cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
     out = subprocess.run(RUN + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
     return out
@@ -43,14 +43,15 @@ def _test_sets(space, cache_dir: Path, data_root: Path):
     from addd.data import load_dataset
     from addd.target_models import get_target_model
 
-    dataset = load_dataset(space.dataset, data_root, n_train=space.n_train, n_val=space.n_val, n_test=space.n_test, seed=0)
+    dataset = load_dataset(space.dataset, data_root, n_train=space.n_train, n_val=space.n_val, n_test=space.n_test,
+                           seed=space.split_sizes()["split_seed"])
     target = get_target_model(dataset, arch=space.target_arch, cache_dir=cache_dir)
     assert not target.trained  # the sweep trained it; we only read it
     test = dataset.test
     requests = [
         AdvRequest(space.dataset, "test", test.x, test.y, target.model, a, model_sha256=target.weights_sha256,
                    budget=space.attack_budget, seed=0)
-        for a in space.eval_attacks
+        for a in space.attacks
     ]
     return test, target, AdvCache.under(cache_dir).get_many(requests)
 
@@ -82,8 +83,10 @@ def test_digits_smoke_sweep_is_readable_through_mlflow(tmp_path, cache_dir):
         metrics = child.data.metrics
         assert "objective" in metrics, child.info.run_name
         prefix = "val" if child.data.tags["phase"] == "search" else "test"
-        for attack in space.eval_attacks:
+        for attack in space.attacks:  # the whole suite, every trial
             assert 0.0 <= metrics[f"{prefix}/acc.defended.{attack}"] <= 1.0
+        if child.data.tags["phase"] == "final":  # finals are attacked on the whole pipeline too
+            assert {"adaptive/pgd_worst", "adaptive/aa_linf", "adaptive/aa_l2", "adaptive/bpda"} <= set(metrics)
         assert child.data.params["variant"] == child.data.tags["variant"]
         assert "restored_grid.png" in [a.path for a in client.list_artifacts(child.info.run_id)]
         history = client.get_metric_history(child.info.run_id, "loss/total")
@@ -104,12 +107,33 @@ def test_digits_smoke_sweep_is_readable_through_mlflow(tmp_path, cache_dir):
         assert best["test"][name] == pytest.approx(value, abs=1e-6, nan_ok=True), name
     variant_seeds = summary["variants"][best["variant"]]["seeds"]
     assert best["test"] in [s["test"] for s in variant_seeds]
-    assert (run_dir / "report" / "fig12_ablation.png").stat().st_size > 0
+    assert (run_dir / "report" / "report.md").stat().st_size > 0 and list((run_dir / "report").glob("*.png"))
+    assert summary["splits"]["n_test"] == len(test.y) and summary["splits"]["split_seed"] == 0
+    for variant, entry in summary["variants"].items():
+        assert set(entry["adaptive"]) >= {"pgd_worst", "pgd_ce", "pgd_margin", "aa_linf", "aa_l2", "bpda"}
+        assert (run_dir / "finals" / f"{variant}-seed0" / "robustness_curve.csv").exists()
+
+    # The finalist command on the sweep's summary reuses the sweep's cache: nothing new is generated.
+    def entries():
+        return sorted(p.parent for p in (cache_dir / "advcache").rglob("manifest.json"))
+
+    before = entries()
+    out = subprocess.run([sys.executable, "-m", "ablations.evaluate", "--defense", str(run_dir / best["artifact"]),
+                          "--summary", str(run_dir / "summary.json"), "--adaptive", "BPDA", "--adaptive-steps", "5",
+                          "--adaptive-n", "8", "--out", str(tmp_path / "eval")],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert entries() == before  # same keys: the sweep's splits, budget, attack list and cache
+    evaluation = json.loads((tmp_path / "eval" / "evaluation.json").read_text())
+    for name in space.attacks:
+        assert evaluation["oblivious"][f"acc.defended.{name}"] == pytest.approx(best["test"][f"acc.defended.{name}"], abs=1e-6)
     assert "report/report.md" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
 
 
 def test_svhn_ablation_smoke_runs_on_fake_mat_files(tmp_path, cache_dir):
     from scipy.io import savemat
+
+    from sweeps.spaces import get_space
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "data" / "svhn"
@@ -122,7 +146,7 @@ def test_svhn_ablation_smoke_runs_on_fake_mat_files(tmp_path, cache_dir):
     _sweep(["--space", "svhn_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
             "--data-root", str(tmp_path / "data")], tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["dataset"] == "svhn" and set(summary["variants"]) == {"full", "no_dp", "no_prior"}
+    assert summary["dataset"] == "svhn" and set(summary["variants"]) == set(get_space("svhn_ablation", smoke=True).variants)
     for entry in summary["variants"].values():
         assert entry["search"]["trials"] == 2 and len(entry["seeds"]) == 1
         assert "acc.defended.PGDu" in entry["test"]
@@ -185,7 +209,9 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, cache_
         assert len(entry["seeds"]) == space.seeds
         study = optuna.load_study(study_name=f"digits_ablation-smoke-{variant}", storage=f"sqlite:///{run_dir / 'optuna.db'}")
         assert len(study.trials) == budget  # the study went on: no re-asked or lost trials
-        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        states = {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}  # PRUNED: ASHA stopped it
+        assert all(t.state in states for t in study.trials)
+        assert all(t.intermediate_values for t in study.trials if t.state == optuna.trial.TrialState.PRUNED)
     ended = {e["trial_id"] for e in _events(run_dir) if e["event"] == "end"}
     stopped_early = {e["trial_id"] for e in _events(run_dir) if e["event"] == "start"} - ended
     assert len(ended | stopped_early) == total
