@@ -35,6 +35,9 @@ from cluster_support import (
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SWEEP_TIMEOUT = 900
+# Tests 1 and 3 score val/test on a few attacks only (the smoke space's whole suite takes minutes
+# longer on 2 cores and adds nothing to what they check); the ray-up test runs the README's command.
+FEW_ATTACKS = ["--attacks", "PGDu", "PGDt", "CWu", "DDNu", "DDNt"]
 
 
 def _short_tmp(prefix: str) -> Path:
@@ -114,10 +117,7 @@ def _advcache_manifests(cache_dir: Path) -> list:
 
 # ----------------------------------------------------------------------------- multi-node
 def test_sweep_on_two_ray_nodes(tmp_path):
-    from sweeps.spaces import get_space
-
     ray = require_executable(str(BIN / "ray"), "pip install 'ray[tune]'")
-    space = get_space("digits_ablation", smoke=True)
     temp_dir = _short_tmp("rc")
     gcs_port = free_port()
     address = f"127.0.0.1:{gcs_port}"
@@ -142,7 +142,8 @@ def test_sweep_on_two_ray_nodes(tmp_path):
         try:
             out = subprocess.run(
                 RUN + ["--space", "digits_ablation", "--smoke", "--address", address, "--run-dir", str(run_dir),
-                       "--cache-dir", str(cache_dir), "--storage-path", str(storage), "--data-root", str(tmp_path / "data")],
+                       "--cache-dir", str(cache_dir), "--storage-path", str(storage), "--data-root", str(tmp_path / "data")]
+                + FEW_ATTACKS,
                 cwd=tmp_path, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=env(),
             )
         finally:
@@ -153,10 +154,10 @@ def test_sweep_on_two_ray_nodes(tmp_path):
 
         # Results and checkpoints in the storage path, summary in the run folder.
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert set(summary["variants"]) == set(space.variants)
-        results = sorted(storage.glob("sweep/*/result.json"))
-        n_trials = len(space.variants) * (space.num_samples + space.seeds)
-        assert len(results) == n_trials, [str(p) for p in results]
+        plan = json.loads((run_dir / "plan.json").read_text())  # the resolved plan the sweep ran
+        assert set(summary["variants"]) == set(plan["variants"])
+        results = sorted(storage.glob("*/*/result.json"))
+        assert len(results) == plan["total_trials"], [str(p) for p in results]
         for path in results:
             assert list(path.parent.glob("checkpoint_*/")), f"no checkpoint beside {path}"
         assert (run_dir / "best_defense" / "defense.safetensors").exists()
@@ -171,8 +172,9 @@ def test_sweep_on_two_ray_nodes(tmp_path):
         # Each adversarial set generated exactly once for the whole cluster.
         manifests = _advcache_manifests(cache_dir)
         per_set = Counter((m.attack, m.split) for m in manifests)
-        expected = ({(a, "train") for a in space.train_attacks()}
-                    | {(a, s) for a in space.eval_attacks for s in ("val", "test")})
+        attacks = plan["attacks"]
+        expected = ({(a, "train") for a in attacks["train_split"]}
+                    | {(a, s) for a in attacks["val_and_test_splits"] for s in ("val", "test")})
         assert set(per_set) == expected and set(per_set.values()) == {1}, per_set
         leftovers = list((cache_dir / "advcache" / ".tmp").glob("*")) if (cache_dir / "advcache" / ".tmp").exists() else []
         assert not leftovers, leftovers
@@ -217,7 +219,7 @@ export PYTHONPATH={home}/addd-sweeps
 
 RAY_SHIM = """\
 #!/bin/bash
-if [ "$1" = stop ]; then exec {python} {stop_script} {ray_tmp}; fi
+if [ "$1" = stop ]; then echo "$@" >> {ray_tmp}.stop-calls; exec {python} {stop_script} {ray_tmp}; fi
 exec {ray} "$@"
 """
 
@@ -257,7 +259,6 @@ def _cluster_config(tmp: Path, ssh_port: int, key: Path, gcs_port: int) -> Path:
     config["provider"].update(head_ip="127.0.0.1", worker_ips=[])
     config["auth"] = {"ssh_user": "root", "ssh_private_key": str(key), "ssh_proxy_command": f"nc %h {ssh_port}"}
     config["min_workers"] = config["max_workers"] = 0
-    config["file_mounts"] = {"~/addd-sweeps": str(REPO)}
     # Same machine: no `pip install -e` (it would re-point this machine's install to the copy);
     # the copy is importable through PYTHONPATH in the remote ~/.bashrc instead.
     config["setup_commands"] = []
@@ -284,17 +285,16 @@ def _cluster_config(tmp: Path, ssh_port: int, key: Path, gcs_port: int) -> Path:
     return path
 
 
-def _launcher(args: list[str], tmp: Path, timeout: float) -> subprocess.CompletedProcess:
+def _launcher(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``ray <args>`` from the repository root, as the README runs it (file_mounts ``.`` is the repository)."""
     cmd = [str(BIN / "ray"), *args]
-    out = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True, timeout=timeout, env=env(),
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env(),
                          stdin=subprocess.DEVNULL)
     assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     return out
 
 
 def test_ray_up_submit_down_on_a_local_sshd():
-    from sweeps.spaces import get_space
-
     require_executable(str(BIN / "ray"), "pip install 'ray[tune]'")
     tmp = _short_tmp("ru")
     sshd = None
@@ -305,25 +305,28 @@ def test_ray_up_submit_down_on_a_local_sshd():
         gcs_port = free_port()
         config = _cluster_config(tmp, ssh_port, key, gcs_port)
         run_dir, cache_dir = tmp / "run", tmp / "cache"
-        # The README's "Cluster" steps, with this test's config and folders:
+        # The README's "Cluster" steps, with this test's config and folders (--no-config-cache:
+        # leave no /tmp/ray-config-<hash> behind):
         t = time.perf_counter()
-        _launcher(["up", "-y", "--no-config-cache", str(config)], tmp, 300)
+        _launcher(["up", "-y", "--no-config-cache", str(config)], 300)
         timings["ray up"] = time.perf_counter() - t
         head = pids_mentioning(str(tmp / "ray"))
         assert head, "ray up started no Ray process"
         _assert_loopback_only(head)
         t = time.perf_counter()
-        _launcher(["submit", "--no-config-cache", str(config), str(REPO / "sweeps" / "run.py"), "--",
+        _launcher(["submit", "--no-config-cache", str(config), "sweeps/run.py", "--",
                    "--space", "digits_ablation", "--smoke", "--address", "auto",
                    "--run-dir", str(run_dir), "--cache-dir", str(cache_dir), "--data-root", str(tmp / "data")],
-                  tmp, SWEEP_TIMEOUT)
+                  SWEEP_TIMEOUT)
         timings["ray submit (smoke sweep)"] = time.perf_counter() - t
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert set(summary["variants"]) == set(get_space("digits_ablation", smoke=True).variants)
+        plan = json.loads((run_dir / "plan.json").read_text())
+        assert set(summary["variants"]) == set(plan["variants"])
         assert summary["best"] is not None and (run_dir / "best_defense" / "defense.safetensors").exists()
         t = time.perf_counter()
-        _launcher(["down", "-y", str(config)], tmp, 300)
+        _launcher(["down", "-y", str(config)], 300)
         timings["ray down"] = time.perf_counter() - t
+        assert (tmp / "ray.stop-calls").exists(), "ray down did not run `ray stop` through the scoped shim"
         # `ray down` exits 0 even when its `ray stop` failed: look for what is left.
         deadline = time.time() + 30
         while pids_mentioning(str(tmp / "ray")) and time.time() < deadline:
@@ -395,8 +398,6 @@ def test_sweep_against_postgres_optuna_and_mlflow_server():
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from sweeps.spaces import get_space
-
     require_module_hint = "pip install psycopg2-binary (in pyproject's test extra)"
     try:
         import psycopg2  # noqa: F401
@@ -405,7 +406,6 @@ def test_sweep_against_postgres_optuna_and_mlflow_server():
     help_text = subprocess.run(RUN + ["--help"], capture_output=True, text=True, timeout=120, env=env()).stdout
     assert "--optuna-storage" in help_text, "sweeps/run.py has no --optuna-storage URL option (the Optuna RDB URL)"
 
-    space = get_space("digits_ablation", smoke=True)
     tmp = _short_tmp("pg")
     pg = server = None
     timings = {}
@@ -429,12 +429,15 @@ def test_sweep_against_postgres_optuna_and_mlflow_server():
         t = time.perf_counter()
         out = subprocess.run(
             RUN + ["--space", "digits_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(tmp / "cache"),
-                   "--data-root", str(tmp / "data"), "--tracking-uri", tracking, "--optuna-storage", optuna_url],
+                   "--data-root", str(tmp / "data"), "--tracking-uri", tracking, "--optuna-storage", optuna_url]
+            + FEW_ATTACKS,
             cwd=tmp, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=env(),
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-6000:] + tail(tmp / "mlflow.log")
         timings["smoke sweep"] = time.perf_counter() - t
         summary = json.loads((run_dir / "summary.json").read_text())
+        plan = json.loads((run_dir / "plan.json").read_text())  # the resolved plan the sweep ran
+        assert plan["optuna_storage"] == optuna_url and plan["tracking_uri"] == tracking
         assert not (run_dir / "optuna.db").exists() and not (run_dir / "mlflow.db").exists(), "fell back to SQLite"
 
         # MLflow: the parent run and one nested run per trial, read back through the server.
@@ -445,18 +448,18 @@ def test_sweep_against_postgres_optuna_and_mlflow_server():
         assert len(parents) == 1 and parents[0].info.run_id == summary["mlflow_parent_run_id"]
         assert parents[0].info.status == "FINISHED"
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-        assert len(children) == len(runs) - 1 == len(space.variants) * (space.num_samples + space.seeds)
+        assert len(children) == len(runs) - 1 == plan["total_trials"]
         assert all(c.info.status == "FINISHED" and "objective" in c.data.metrics for c in children)
         stored = client.download_artifacts(parents[0].info.run_id, "summary.json", str(tmp))
         assert json.loads(Path(stored).read_text()) == summary
         assert list((tmp / "artifacts").rglob("summary.json")), "artifacts not under the server's destination"
 
         # Optuna: each variant's study in PostgreSQL.
-        for variant in space.variants:
+        for variant in plan["variants"]:
             study = optuna.load_study(study_name=f"digits_ablation-smoke-{variant}", storage=optuna_url)
-            assert len(study.trials) == space.num_samples
+            assert len(study.trials) == plan["trials_per_variant"]
             assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-            assert summary["variants"][variant]["search"]["trials"] == space.num_samples
+            assert summary["variants"][variant]["search"]["trials"] == plan["trials_per_variant"]
         print(f"\n[timing] {', '.join(f'{k} {v:.0f}s' for k, v in timings.items())}")
     finally:
         kill_tree(server)
