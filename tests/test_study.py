@@ -1,0 +1,157 @@
+"""The ablation study end to end (slow): a small digits sweep, then ``python -m ablations.run
+--sweep``; every figure of summary.json and the report checked against the per-run metrics in
+MLflow (means, stds, intervals and differences recomputed here), images checked, the study
+idempotent and reading the sweep's cached sets only."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ATTACKS = ["PGDu", "PGDt", "CWu", "LSu", "BAu"]
+
+
+def test_cli_errors_are_one_line_and_exit_2(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(tmp_path / "nothing")], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "tracking-uri" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(tmp_path)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "no summary.json" in out.stderr
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    run_dir, cache = root / "run", root / "cache"
+    sweep = [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", "digits_ablation", "--smoke", "--num-samples", "1",
+             "--seeds", "2", "--attacks", *ATTACKS, "--adaptive-n", "12", "--run-dir", str(run_dir), "--cache-dir", str(cache)]
+    out = subprocess.run(sweep, cwd=root, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    entries = sorted(p.parent for p in (cache / "advcache").rglob("manifest.json"))
+    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(run_dir), "--n-boot", "500"], cwd=REPO,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return run_dir, cache, entries
+
+
+def _t95(n: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1))
+
+
+def _children(run_dir: Path, summary: dict):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("addd-digits_ablation")
+    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    parent = summary["mlflow_parent_run_id"]
+    return client, parent, [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+
+
+def _mlflow_values(children, summary) -> dict[str, dict[int, dict[str, float]]]:
+    """defense name -> seed -> metrics of its final run (tuned finals and the study's)."""
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for r in children:
+        p = r.data.params
+        if p.get("phase") != "final":
+            continue
+        out.setdefault(p["variant"], {})[int(p["train.seed"])] = r.data.metrics
+    return out
+
+
+@pytest.mark.slow
+def test_every_figure_matches_mlflow_and_the_report_shows_it(study):
+    run_dir, _, _ = study
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["fixed"]) == {"no_dp", "no_prior", "no_mmd", "no_di"}
+    assert set(summary["baselines"]) == {"no_defense", "ape_gan", "adv_training"}
+    _, _, children = _children(run_dir, summary)
+    runs = _mlflow_values(children, summary)
+    from ablations.report import all_defenses
+
+    defenses = all_defenses(summary)
+    assert set(runs) == set(defenses)  # one MLflow child per final of every defense
+    table = pd.read_csv(run_dir / "report" / "test_accuracy.csv")
+    report = (run_dir / "report" / "report.md").read_text()
+    checked = 0
+    for name, (_, entry) in defenses.items():
+        seeds = sorted(runs[name])
+        assert seeds == [0, 1] == [s["seed"] for s in entry["seeds"]]
+        for section in ("test", "adaptive"):
+            for figure, stats in entry[section].items():
+                values = [runs[name][s][f"{section}/{figure}"] for s in seeds]
+                mean, std = statistics.fmean(values), statistics.stdev(values)
+                half = _t95(len(values)) * std / math.sqrt(len(values))
+                assert stats["mean"] == pytest.approx(mean, abs=1e-9) and stats["std"] == pytest.approx(std, abs=1e-9)
+                assert stats["ci95"] == pytest.approx([mean - half, mean + half], abs=2e-3)  # t table to 3 decimals
+                key = figure if section == "test" else f"adaptive.{figure}"
+                row = table[(table["variant"] == name) & (table["figure"] == key)]
+                assert len(row) == 1 and row["mean"].iloc[0] == pytest.approx(mean, abs=1e-9), (name, key)
+                assert row["std"].iloc[0] == pytest.approx(std, abs=1e-9) and row["n_seeds"].iloc[0] == 2
+                checked += 1
+        for figure in ("worst.unknown", "acc.clean", "acc.reconstruction"):
+            s = entry["test"][figure]
+            assert f"{s['mean']:.3f} ± {s['std']:.3f}" in report
+    assert checked > 12 * 20
+    # differences to full: point estimates from MLflow, verdicts in words where the interval holds 0
+    for name, comparison in summary["comparisons"].items():
+        for figure in ("worst.unknown", "acc.defended.CWu", "adaptive.pgd_worst", "worst.unknown_per_sample"):
+            d = comparison["figures"][figure]
+            key = f"test/{figure}" if not figure.startswith("adaptive.") else f"adaptive/{figure[len('adaptive.'):]}"
+            expected = (statistics.fmean(runs[name][s][key] for s in (0, 1))
+                        - statistics.fmean(runs["full"][s][key] for s in (0, 1)))
+            assert d["difference"] == pytest.approx(expected, abs=1e-9), (name, figure)
+            lo, hi = d["ci95"]
+            assert lo <= hi and d["within_noise"] == (lo <= 0 <= hi)
+            assert ("within noise" in d["verdict"]) == d["within_noise"]
+    assert "within noise" in report or "excludes 0" in report
+    for header in ("undefended: white-box on M_t", "oblivious: on M_t, then defended", "adaptive: on the whole pipeline",
+                   "clean: M_t(x), no attack, no defense", "reconstruction: M_t(G(E(x)))", "PGDu*"):
+        assert header in report, header
+
+
+@pytest.mark.slow
+def test_images_are_valid_pngs_of_sensible_size(study):
+    from PIL import Image
+
+    run_dir, _, _ = study
+    images = sorted((run_dir / "report").glob("*.png"))
+    names = {p.name for p in images}
+    assert {"ablation.png", "robustness_curves.png", "restored.png"} <= names
+    assert any(n.startswith("optuna_history") for n in names)
+    for path in images:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.width > 200 and image.height > 200, path
+
+
+@pytest.mark.slow
+def test_the_study_is_idempotent_and_never_regenerates_sets(study):
+    from ablations.study import StudyError, load_sets, run_study
+
+    run_dir, cache, entries_before = study
+    assert sorted(p.parent for p in (cache / "advcache").rglob("manifest.json")) == entries_before
+    files = {p: p.stat().st_mtime_ns for p in (run_dir / "finals").rglob("*") if p.is_file()}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    _, _, children = _children(run_dir, summary)
+    run_study(run_dir, n_boot=100, report=False)
+    again = json.loads((run_dir / "summary.json").read_text())
+    assert again["study"]["trained"] == []
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "finals").rglob("*") if p.is_file()} == files
+    assert again["baselines"]["ape_gan"]["test"] == summary["baselines"]["ape_gan"]["test"]
+    assert len(_children(run_dir, summary)[2]) == len(children)
+    # a request the sweep never made (another budget) is refused, not generated
+    with pytest.raises(StudyError, match="never regenerates"):
+        load_sets({**summary, "attack_budget": 0.5}, data_root=REPO / "data", train_attacks=("PGDu",))
