@@ -148,6 +148,7 @@ class Console:
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.captureWarnings(True)
         os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # else MLflow prints to stderr itself
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per finished run
         self._buffer = _Buffer()
         self._handlers = [self._buffer, _ToConsole(self, self.verbose)]
         for handler in self._handlers:
