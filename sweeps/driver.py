@@ -319,11 +319,12 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     for path in paths:
         tracker.log_artifact(parent, path, "report")
     start = time.perf_counter()
-    if summary["variants"].get("full", {}).get("best_config") is not None:
+    if plan.study and summary["variants"].get("full", {}).get("best_config") is not None:
         # fixed ablations, baselines, paired statistics and the report: the same code as `python -m ablations.run`
         run_study(plan.run_dir, tracker=tracker, parent_run_id=parent, data_root=plan.data_root)
     else:
-        log.warning("no fixed ablations or baselines: variant 'full' has no best config (see summary.json)")
+        if plan.study:
+            log.warning("no fixed ablations or baselines: variant 'full' has no best config (see summary.json)")
         for path in build_report(summary, report_dir, finals_dir=finals_dir):
             tracker.log_artifact(parent, path, "report")
     prepared.timings["study"] = time.perf_counter() - start

@@ -40,6 +40,7 @@ class Plan:
     num_cpus: int | None = None  # local Ray only
     download: bool = False  # fetch a missing dataset (torchvision's downloaders)
     optuna_storage: str | None = None  # an RDB URL Optuna accepts; None: sqlite in the run folder
+    study: bool = True  # end with the ablation study (fixed ablations, baselines, statistics)
 
     @property
     def optuna_url(self) -> str:
@@ -85,6 +86,8 @@ class Plan:
             "seeds": self.seeds,
             "total_trials": len(s.variants) * (self.num_samples + self.seeds),
             "finalists": s.describe_finalists(),
+            "study": "fixed ablations of the best full config, baselines no_defense / ape_gan / adv_training, "
+                     "paired-bootstrap differences to full" if self.study else "skipped (--no-study)",
             "resources": {
                 "cpus_per_trial": self.cpus_per_trial,
                 "gpus_per_trial": self.gpus_per_trial,

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adaptive attacks and robustness curves on the first N test examples (default: the space's)")
     p.add_argument("--data-root", type=Path, default=Path("./data"), help="dataset folder (default: ./data)")
     p.add_argument("--download", action="store_true", help="download the dataset into --data-root if it is missing")
+    p.add_argument("--no-study", action="store_true",
+                   help="end after the seed re-runs: no fixed ablations or baselines (run them later with python -m ablations.run --sweep)")
     p.add_argument("--cache-dir", type=Path, help="target models and adversarial sets (default: $ADDD_CACHE_DIR or ./.addd_cache)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the run folder")
@@ -163,6 +165,7 @@ def make_plan(args: argparse.Namespace):
         num_cpus=args.num_cpus,
         download=args.download,
         optuna_storage=args.optuna_storage,
+        study=not args.no_study,
     )
 
 
