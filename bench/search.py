@@ -1,0 +1,207 @@
+"""Search efficiency, measured in one run: TPE + ASHA against random search without early stopping.
+
+Both searches get the same digits space (the ``full`` variant's search ranges of
+``digits_ablation``), the same number of trials and the same data, adversarial sets and
+objective (validation worst-case accuracy over the trial's unknown attacks, oblivious). They run
+in this process, one trial at a time, with the project's own pieces:
+
+- TPE + ASHA: ``sweeps._optuna.TpeSearcher`` (seeded TPE, ask-and-tell, the paper's point
+  first, as the sweep builds it via ``sweeps.schedule.build_schedule``), stopped by ASHA's rule
+  with the space's ``asha()`` settings (max_t, grace_period, reduction_factor): at each rung a
+  trial continues only if its objective is in the top 1/reduction_factor of the values seen at
+  that rung so far (asynchronous successive halving with one worker); a stopped trial is told
+  to TPE as pruned, as in the sweep;
+- random: an Optuna study with ``RandomSampler`` (same seed) over the same distributions, every
+  trial trained to max_t epochs.
+
+Cost is counted in trial-epochs (epochs trained, summed over trials). The last line is
+``ratio: X`` = trial-epochs TPE+ASHA spent until a complete trial reached the best objective
+random search found / trial-epochs random search spent until it found it (goal <= 1/3);
+``inf`` if TPE+ASHA never reached it.
+
+    python bench/search.py --quick      # small data, few epochs and trials (~minutes on 2 cores)
+    python bench/search.py              # digits_ablation at full size, 12 trials each
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+QUICK = {"n_train": 200, "n_val": 100, "n_test": 32, "attack_budget": 0.05,
+         "eval_attacks": ("PGDu", "PGDt", "DDNu", "DDNt", "CWu", "BAu"), "holdout_attacks": ("BAu",),
+         "grace_period": 1, "reduction_factor": 2,
+         "base": {"network.width": 0.0625, "network.channels": 1, "train.epochs": 6, "train.batch_size": 16,
+                  "train.lr": 1e-3}}
+
+
+def prepare(space, cache_dir: Path, threads: int):
+    """The space's data, target model and oblivious sets (through the shared cache), as a TrialContext."""
+    import torch
+
+    from addd.advcache import AdvCache, AdvRequest
+    from addd.data import load_dataset
+    from addd.target_models import get_target_model
+    from sweeps.trial import SplitSets, TrialContext
+
+    sizes = space.split_sizes()
+    data = load_dataset(space.dataset, "./data", n_train=space.n_train, n_val=space.n_val, n_test=space.n_test,
+                        seed=sizes["split_seed"])
+    target = get_target_model(data, arch=space.target_arch, cache_dir=cache_dir)
+    cache = AdvCache.under(cache_dir)
+    sets = {}
+    for split, attacks in (("train", space.train_attacks()), ("val", space.attacks)):
+        d = getattr(data, split)
+        requests = [AdvRequest(space.dataset, split, d.x, d.y, target.model, a, model_sha256=target.weights_sha256,
+                               budget=space.attack_budget, seed=0) for a in attacks]
+        sets[split] = SplitSets(d.x, d.y, cache.get_many(requests))
+    torch.set_num_threads(threads)
+    return TrialContext(train=sets["train"], val=sets["val"], test=sets["val"], target_model=target.model,
+                        holdout_attacks=tuple(space.holdout_attacks), threads=threads, events_path=None)
+
+
+def train_trial(flat: dict, ctx, keep_going) -> tuple[float | None, int, float | None]:
+    """Train one config; ``keep_going(epoch, objective) -> bool`` after each epoch. Returns
+    (objective if it ran to max_t else None, epochs trained, last value)."""
+    from addd.defense import ADDDefense, NonFiniteLossError
+    from sweeps.trial import evaluate_split
+    from sweeps.trialspec import TrialSpec
+
+    spec = TrialSpec.parse({"phase": "search", "variant": "full", **flat})
+    cfg = spec.defense_config()
+    state = {"epochs": 0, "value": None, "stopped": False}
+
+    def on_epoch(report, model):
+        state["epochs"] += 1
+        value = evaluate_split(model, ctx, "val", cfg.known_attacks)["val/worst.unknown"]
+        state["value"] = value
+        if not keep_going(state["epochs"], value):
+            state["stopped"] = True
+            return False
+        return None
+
+    try:
+        ADDDefense(cfg).fit(ctx.train.x, ctx.train.y, {a: ctx.train.adv[a].x_adv for a in cfg.known_attacks},
+                            callback=on_epoch)
+    except NonFiniteLossError:
+        return None, state["epochs"], None
+    return (None if state["stopped"] else state["value"]), state["epochs"], state["value"]
+
+
+def run_tpe_asha(space, ctx, trials: int, seed: int, url: str) -> list[tuple[int, float | None]]:
+    """[(cumulative trial-epochs, objective or None if stopped)] per trial, in order."""
+    from sweeps import _optuna
+    from sweeps.schedule import build_schedule
+
+    asha = space.asha()
+    rungs = []
+    r = asha["grace_period"]
+    while r < asha["max_t"]:
+        rungs.append(r)
+        r *= asha["reduction_factor"]
+    seen: dict[int, list[float]] = {r: [] for r in rungs}
+
+    class _Plan:  # what build_schedule reads of a sweeps.plan.Plan
+        def __init__(self):
+            self.space, self.device, self.num_samples, self.seeds = replace(space, variants=("full",)), "cpu", trials, 0
+
+    schedule = build_schedule(_Plan(), lambda variant, search, first: _optuna.TpeSearcher(
+        url=url, study_name="tpe", search=search, seed=seed, startup_trials=min(space.startup_trials, trials),
+        first_point=first))
+    out, spent = [], 0
+    for i in range(trials):
+        trial_id = f"t{i}"
+        config = schedule.suggest(trial_id)
+
+        def keep_going(epoch, value, trial_id=trial_id):
+            schedule.on_trial_result(trial_id, {"objective": value, "epoch": epoch})
+            if epoch in seen:
+                values = sorted(seen[epoch] + [value], reverse=True)
+                seen[epoch].append(value)
+                cutoff = values[max(0, math.ceil(len(values) / asha["reduction_factor"]) - 1)]
+                return value >= cutoff
+            return True
+
+        objective, epochs, last = train_trial({k: v for k, v in config.items() if k not in ("phase", "variant")}, ctx,
+                                              keep_going)
+        spent += epochs
+        # a stopped trial reports its last value at an epoch < max_t: the schedule tells TPE it was pruned
+        schedule.on_trial_complete(trial_id, {"objective": last if last is not None else float("nan"), "epoch": epochs})
+        out.append((spent, objective))
+        logging.info("tpe+asha trial %d: %d epochs, objective %s (total %d)", i, epochs, objective, spent)
+    return out
+
+
+def run_random(space, ctx, trials: int, seed: int, url: str) -> list[tuple[int, float | None]]:
+    import optuna
+
+    from sweeps._optuna import _distribution
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search = space.variant_search("full")
+    base = space.base_config()
+    from addd.config import to_flat_dict
+
+    constants = {k: v for k, v in to_flat_dict(base).items() if k not in search}
+    study = optuna.create_study(study_name="random", storage=url, sampler=optuna.samplers.RandomSampler(seed=seed),
+                                direction="maximize")
+    out, spent = [], 0
+    for i in range(trials):
+        trial = study.ask({k: _distribution(d) for k, d in search.items()})
+        objective, epochs, _ = train_trial({**constants, **trial.params}, ctx, lambda e, v: True)
+        spent += epochs
+        study.tell(trial, objective if objective is not None else float("nan"))
+        out.append((spent, objective))
+        logging.info("random trial %d: %d epochs, objective %s (total %d)", i, epochs, objective, spent)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small data, 6 epochs, 8 trials each")
+    p.add_argument("--trials", type=int, help="trials per search (default: 8 with --quick, else the space's 12)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", type=Path, help="target models and adversarial sets (default: a temp folder)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("addd").setLevel(logging.WARNING)
+    from sweeps.spaces import get_space
+
+    space = get_space("digits_ablation")
+    if args.quick:
+        space = replace(space, **QUICK).validate()
+    trials = args.trials or (8 if args.quick else space.num_samples)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = prepare(space, args.cache_dir or Path(tmp) / "cache", threads=2)
+        prepared = time.perf_counter() - start
+        url = f"sqlite:///{Path(tmp) / 'optuna.db'}"
+        random = run_random(space, ctx, trials, args.seed, url)
+        tpe = run_tpe_asha(space, ctx, trials, args.seed, url)
+    finite = [(e, v) for e, v in random if v is not None and math.isfinite(v)]
+    best = max(v for _, v in finite)
+    random_epochs = next(e for e, v in finite if v == best)
+    reached = next((e for e, v in tpe if v is not None and math.isfinite(v) and v >= best), None)
+    tpe_best = max((v for _, v in tpe if v is not None and math.isfinite(v)), default=float("nan"))
+    print(f"space: digits_ablation{' (quick)' if args.quick else ''}, {trials} trials each, max_t {space.asha()['max_t']} "
+          f"epochs, ASHA {space.asha()}; sets and target model {prepared:.0f}s, searches {time.perf_counter() - start - prepared:.0f}s")
+    print(f"random (no early stopping): best val worst-unknown {best:.4f} after {random_epochs} trial-epochs "
+          f"({random[-1][0]} in all)")
+    print(f"TPE+ASHA: best {tpe_best:.4f}; {tpe[-1][0]} trial-epochs in all; reached random's best after "
+          f"{reached if reached is not None else 'never'}")
+    ratio = reached / random_epochs if reached is not None else math.inf
+    print(f"ratio: {ratio:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
