@@ -135,8 +135,9 @@ def build_sets(plan: Plan, dataset, task_gpus: float, on_event=None):
     from sweeps.trial import SplitSets
 
     s = plan.space
+    # the plan's device: CPU and GPU training give different weights, hence different cache keys
     target = get_target_model(dataset, arch=s.target_arch, cache_dir=plan.cache_dir,
-                              device="cuda" if torch.cuda.is_available() else "cpu")
+                              device="cuda" if plan.device == "cuda" and torch.cuda.is_available() else "cpu")
     target.model.cpu()  # trials and attack tasks move it to their own device
     cache = AdvCache.under(plan.cache_dir)
     splits = {}
