@@ -106,21 +106,27 @@ def _log_progress(attack: str, done: int, total: int) -> None:  # runs in Ray ta
     logging.getLogger("sweeps.attacks").info("%s: %d/%d examples", attack, done, total)
 
 
-def _check_shared_cache(plan: Plan) -> None:
-    """On a multi-node cluster every node writes adversarial sets into --cache-dir: it must be one
-    shared folder, or sets are regenerated per node and lost to the driver."""
+def _check_shared_storage(plan: Plan) -> None:
+    """On a multi-node cluster every node writes adversarial sets into --cache-dir and trial
+    checkpoints into a local --storage-path: each must be one shared folder, or sets are
+    regenerated per node and checkpoints lost to the driver (best defense, --resume)."""
     from sweeps import _ray
 
-    plan.cache_dir.mkdir(parents=True, exist_ok=True)
-    marker = plan.cache_dir / f".visible-{time.time_ns()}"
-    marker.write_text("written by the sweep's driver\n")
-    try:
-        missing = _ray.nodes_without(marker)
-    finally:
-        marker.unlink(missing_ok=True)
-    if missing:
-        raise SweepError(f"--cache-dir {plan.cache_dir} is not visible on node(s) {', '.join(missing)}; "
-                         f"put it on storage every node mounts at the same path (NFS, EFS, ...)")
+    folders = {"--cache-dir": plan.cache_dir}
+    if "://" not in plan.storage_path:
+        folders["--storage-path"] = Path(plan.storage_path)
+    for flag, folder in folders.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        marker = folder / f".visible-{time.time_ns()}"
+        marker.write_text("written by the sweep's driver\n")
+        try:
+            missing = _ray.nodes_without(marker)
+        finally:
+            marker.unlink(missing_ok=True)
+        if missing:
+            raise SweepError(f"{flag} {folder} is not visible on node(s) {', '.join(missing)}; put it on storage "
+                             f"every node mounts at the same path (NFS, EFS, ...)"
+                             + (" or use an s3:// URI" if flag == "--storage-path" else ""))
 
 
 def build_sets(plan: Plan, dataset, task_gpus: float, on_event=None):
@@ -180,7 +186,7 @@ def prepare(plan: Plan, on_event=None) -> Prepared:
     _emit(on_event, "run_dir", {"path": str(plan.run_dir)})
     resources = _ray.init(plan.address, plan.num_cpus)
     if plan.address is not None:
-        _check_shared_cache(plan)
+        _check_shared_storage(plan)
     target, splits = build_sets(plan, dataset, task_gpus=1.0 if plan.device == "cuda" else 0.0, on_event=on_event)
     s = plan.space
     ctx = TrialContext(

@@ -21,7 +21,7 @@ Examples::
 
 On a cluster (see docs/cluster.md)::
 
-    ray submit sweeps/cluster.yaml sweeps/run.py --space svhn_ablation --address auto \\
+    ray submit sweeps/cluster.yaml sweeps/run.py -- --space svhn_ablation --address auto \\
         --storage-path s3://bucket/addd --tracking-uri http://HEAD:5000 --cache-dir /shared/cache
 """
 
