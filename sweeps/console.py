@@ -27,6 +27,8 @@ from typing import Any, Callable, Mapping, Sequence, TextIO
 
 LOG_FILE = "sweep.log"
 OUR_PACKAGES = ("addd", "sweeps", "ablations")
+# loggers whose INFO records are progress a person waits for (the study after the search: minutes each)
+PROGRESS_LOGGERS = ("ablations.study",)
 # third-party loggers that say too much even for the log file
 _QUIET = ("sqlalchemy", "alembic", "matplotlib", "PIL", "filelock", "urllib3", "fsspec", "asyncio", "h5py",
           "numexpr", "git", "graphviz", "huey", "httpx", "httpcore")
@@ -65,15 +67,19 @@ class _Buffer(logging.Handler):
 
 
 class _ToConsole(logging.Handler):
-    """Log records on the console: ours from WARNING on (or everything with ``-v``)."""
+    """Log records on the console: ours from WARNING on, progress loggers' INFO (everything with ``-v``)."""
 
     def __init__(self, console: "Console", verbose: bool) -> None:
-        super().__init__(logging.DEBUG if verbose else logging.WARNING)
+        super().__init__(logging.DEBUG if verbose else logging.INFO)
         self.console, self.verbose = console, verbose
-        self.setFormatter(logging.Formatter(_FILE_FORMAT, "%H:%M:%S") if verbose else _ShortFormatter())
+        self.setFormatter(logging.Formatter(_FILE_FORMAT, "%H:%M:%S") if verbose else _ShortFormatter(console))
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return self.verbose or record.name.split(".")[0] in OUR_PACKAGES
+        if self.verbose:
+            return True
+        if record.levelno >= logging.WARNING:
+            return record.name.split(".")[0] in OUR_PACKAGES
+        return record.name in PROGRESS_LOGGERS
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -83,9 +89,14 @@ class _ToConsole(logging.Handler):
 
 
 class _ShortFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = f"{record.levelname.lower()}: {record.getMessage()}"
-        return text  # tracebacks stay in the log file
+    def __init__(self, console: "Console") -> None:
+        super().__init__()
+        self.console = console
+
+    def format(self, record: logging.LogRecord) -> str:  # tracebacks stay in the log file
+        if record.levelno < logging.WARNING:
+            return f"{self.console.stamp()} {record.getMessage()}"
+        return f"{record.levelname.lower()}: {record.getMessage()}"
 
 
 # ----------------------------------------------------------------------------- the console
@@ -361,7 +372,8 @@ class SweepConsole(Console):
             self.start_live(self._render)
         elif event == "publish":
             self.stop_live()
-            self.line(f"{self.stamp()} all trials finished; writing summary, report and MLflow artifacts")
+            self.line(f"{self.stamp()} all trials finished; the study (fixed ablations, baselines), summary, "
+                      f"report and MLflow artifacts")
 
     def _running(self) -> int:
         return sum(len(v.running) for v in self.variants.values())

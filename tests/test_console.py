@@ -40,6 +40,7 @@ def test_plain_console_one_line_per_trial_and_where_results_are(tmp_path):
         console.on_event("failed", TrialSpec("search", "no_dp", {"train.epochs": 3}), {"failure": "loss is NaN"})
         console.on_event("completed", TrialSpec("final", "full", {"train.epochs": 3}), {"epoch": 3, "objective": 0.4})
         console.on_event("publish", None, {})
+        logging.getLogger("ablations.study").info("study: training fixed-no_dp (seed 0) on cpu")
         logging.getLogger("sweeps.test").warning("a warning of ours")
         summary = plan.run_dir / "summary.json"
         console.finish(summary)
@@ -55,6 +56,7 @@ def test_plain_console_one_line_per_trial_and_where_results_are(tmp_path):
     assert any("no_dp: search trial 1/2 failed: loss is NaN" in line for line in lines)
     assert any("full: final seed 0 (1/1) done" in line for line in lines)
     assert "warning: a warning of ours" in lines
+    assert any(line.endswith("s] study: training fixed-no_dp (seed 0) on cpu") for line in lines)  # progress after the search
     assert "Ray warning" not in text and "detail before" not in text
     assert "sweep done in" in text and f"summary: {summary}" in lines
     assert "then open http://127.0.0.1:5000/#/experiments/7/runs" in text
