@@ -59,6 +59,10 @@ stamp() { echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
 stamp unpack
 if [ -f .gpu/site.tar.xz ]; then tar -xJf .gpu/site.tar.xz -C /tmp/site || exit 1
 elif [ -f .gpu/site.tar.zst ] && command -v zstd >/dev/null; then zstd -dc .gpu/site.tar.zst | tar -xf - -C /tmp/site || exit 1
+elif [ -f .gpu/site.tar.zst ] && ls .gpu/zst/zstandard-*.whl >/dev/null 2>&1; then  # no zstd there: python-zstandard
+  python3 -m zipfile -e .gpu/zst/zstandard-*.whl /tmp/zst &&
+  PYTHONPATH=/tmp/zst python3 -c "import sys, zstandard; zstandard.ZstdDecompressor().copy_stream(open('.gpu/site.tar.zst', 'rb'), sys.stdout.buffer)" |
+    tar -xf - -C /tmp/site || exit 1
 else echo "no .gpu/site.tar.xz (or .zst with zstd there): run 'bash bench/gpu_run.sh bundle' here first"; exit 1; fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -78,7 +82,7 @@ smi=$!
 apps=$!
 RUN=/tmp/run
 timeout "${SWEEP_TIMEOUT:-300}" python3 sweeps/run.py --space "${SPACE:-digits_ablation}" --smoke --gpus-per-trial 0.25 \
-  --cpus-per-trial 1 --run-dir "$RUN" --cache-dir /tmp/cache --data-root /tmp/data
+  --cpus-per-trial 1 --no-study --run-dir "$RUN" --cache-dir /tmp/cache --data-root /tmp/data
 echo "sweep exit: $?"
 kill "$smi" "$apps" 2>/dev/null
 cp "$RUN/events.jsonl" "$O/" 2>/dev/null
