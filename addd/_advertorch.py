@@ -7,10 +7,11 @@ advertorch is imported lazily, on the first attack, so ``import addd.attacks`` s
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import sys
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -55,6 +56,29 @@ def _import():
     return advertorch
 
 
+@contextlib.contextmanager
+def _lbfgs_without_iprint() -> Iterator[None]:
+    """advertorch's spatial-transform attack passes ``iprint`` to SciPy's ``fmin_l_bfgs_b``, which
+    SciPy 1.18 removed (it only set verbosity): drop it there, for the block."""
+    import inspect
+
+    import scipy.optimize
+
+    original = scipy.optimize.fmin_l_bfgs_b
+    if "iprint" in inspect.signature(original).parameters:
+        yield
+        return
+
+    def fmin_l_bfgs_b(*args: Any, iprint: Any = None, **kwargs: Any):
+        return original(*args, **kwargs)
+
+    scipy.optimize.fmin_l_bfgs_b = fmin_l_bfgs_b
+    try:
+        yield
+    finally:
+        scipy.optimize.fmin_l_bfgs_b = original
+
+
 def perturb(
     family: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **kwargs: Any
 ) -> tuple[torch.Tensor, dict[str, int]]:
@@ -67,7 +91,7 @@ def perturb(
     """
     advertorch = _import()
     attack = getattr(advertorch.attacks, _CLASSES[family])(model, **kwargs)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _lbfgs_without_iprint():
         # advertorch 0.2.3 predates these torch defaults; the warnings say nothing about our use
         warnings.filterwarnings("ignore", message=r"Default grid_sample and affine_grid behavior")
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")

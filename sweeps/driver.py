@@ -185,9 +185,13 @@ def prepare(plan: Plan, on_event=None) -> Prepared:
     state = SweepState.open(plan)
     _emit(on_event, "run_dir", {"path": str(plan.run_dir)})
     resources = _ray.init(plan.address, plan.num_cpus)
+    if plan.gpus_per_trial > resources.get("GPU", 0):
+        raise SweepError(f"--gpus-per-trial {plan.gpus_per_trial:g} but the Ray cluster has {resources.get('GPU', 0):g} GPU(s); "
+                         f"pass --gpus-per-trial 0 (CPU) or join a cluster with GPUs (--address)")
     if plan.address is not None:
         _check_shared_storage(plan)
-    target, splits = build_sets(plan, dataset, task_gpus=1.0 if plan.device == "cuda" else 0.0, on_event=on_event)
+    # attack tasks pack onto the GPUs like trials (a whole GPU each would build the sets one by one)
+    target, splits = build_sets(plan, dataset, task_gpus=plan.gpus_per_trial, on_event=on_event)
     s = plan.space
     ctx = TrialContext(
         train=splits["train"],
