@@ -74,7 +74,13 @@ def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
     quiet = dict(configure_logging=False, log_to_driver=_can_route_worker_output())
     if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a private local cluster, loopback only
+        # Ray reads this switch when it is imported (ray_constants.ENABLE_RAY_CLUSTER), which has
+        # happened by now: set the variable for the processes it starts (GCS, raylet, workers)
+        # and the constant for this one, or they listen on every interface (measured with ss).
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
     else:
         ray.init(address=address, **quiet)
