@@ -207,7 +207,8 @@ def prepare(plan: Plan, on_event=None) -> Prepared:
     )
     if state.parent_run_id is None:
         tags = {"space": s.name, "smoke": str(plan.smoke), "code_version": code_version,
-                "data_fingerprint": dataset.fingerprint(), "target_model_sha256": target.weights_sha256}
+                "data_fingerprint": dataset.fingerprint(), "target_model_sha256": target.weights_sha256,
+                "addd.run_dir": str(plan.run_dir)}  # python -m ablations.run --sweep <run id> finds the folder
         state.parent_run_id = tracker.start_parent(plan.study_name("sweep"), tags, plan.params())
         state.save(plan.run_dir)
         plan_path = plan.run_dir / "plan.json"

@@ -122,12 +122,15 @@ def restored_examples(defense: nn.Module, ctx: TrialContext) -> dict[str, torch.
     n = ctx.grid_examples
     x, y = ctx.val.x[:n], ctx.val.y[:n]
     tensors = {"x": x.contiguous(), "y": y.contiguous(), "pred.x": predict(ctx.target_model, x)}
+    # a defense without parameters (the identity of the no-defense baseline) runs where M_t does
+    param = next(defense.parameters(), None) or next(ctx.target_model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
     with torch.no_grad():
         for attack, adv in ctx.val.adv.items():
             x_adv = adv.x_adv[:n]
-            restored = defense.restore(x_adv.to(next(defense.parameters()).device)).cpu()
+            restored = defense.restore(x_adv.to(device)).cpu()
             tensors[f"x_adv.{attack}"] = x_adv.contiguous()
-            tensors[f"restored.{attack}"] = restored.contiguous()
+            tensors[f"restored.{attack}"] = restored.clone()  # an identity restore would share memory
             tensors[f"pred.x_adv.{attack}"] = predict(ctx.target_model, x_adv)
             tensors[f"pred.restored.{attack}"] = predict(ctx.target_model, restored)
     return tensors
