@@ -151,7 +151,7 @@ def test_sweep_on_two_ray_nodes(tmp_path):
         sampler.start()
         try:
             out = subprocess.run(
-                RUN + ["--space", "digits_ablation", "--smoke", "--address", address, "--run-dir", str(run_dir),
+                RUN + ["--space", "digits_ablation", "--smoke", "--no-study", "--address", address, "--run-dir", str(run_dir),
                        "--cache-dir", str(cache_dir), "--storage-path", str(storage), "--data-root", str(tmp_path / "data")]
                 + FEW_ATTACKS,
                 cwd=tmp_path, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=env(),
@@ -325,7 +325,7 @@ def test_ray_up_submit_down_on_a_local_sshd():
         _assert_loopback_only(head)
         t = time.perf_counter()
         _launcher(["submit", "--no-config-cache", str(config), "sweeps/run.py", "--",
-                   "--space", "digits_ablation", "--smoke", "--address", "auto",
+                   "--space", "digits_ablation", "--smoke", "--no-study", "--address", "auto",
                    "--run-dir", str(run_dir), "--cache-dir", str(cache_dir), "--data-root", str(tmp / "data")],
                   SWEEP_TIMEOUT)
         timings["ray submit (smoke sweep)"] = time.perf_counter() - t
@@ -438,7 +438,7 @@ def test_sweep_against_postgres_optuna_and_mlflow_server():
         run_dir = tmp / "run"
         t = time.perf_counter()
         out = subprocess.run(
-            RUN + ["--space", "digits_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(tmp / "cache"),
+            RUN + ["--space", "digits_ablation", "--smoke", "--no-study", "--run-dir", str(run_dir), "--cache-dir", str(tmp / "cache"),
                    "--data-root", str(tmp / "data"), "--tracking-uri", tracking, "--optuna-storage", optuna_url]
             + FEW_ATTACKS,
             cwd=tmp, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=env(),

@@ -158,7 +158,7 @@ def _events(run_dir: Path) -> list[dict]:
 
 
 def _smoke(run_dir: Path, cache_dir: Path, *extra: str) -> list[str]:
-    return RUN + ["--space", "digits_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
+    return RUN + ["--space", "digits_ablation", "--smoke", "--no-study", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
                   "--num-samples", "1", *extra]
 
 

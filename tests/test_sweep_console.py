@@ -129,7 +129,7 @@ def sweep(tmp_path_factory):
         with open(tmp / "stdout.txt", "w") as out, open(tmp / "stderr.txt", "w") as err:
             start = time.perf_counter()
             proc = subprocess.Popen(
-                [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", "digits_ablation", "--smoke",
+                [sys.executable, str(REPO / "sweeps" / "run.py"), "--space", "digits_ablation", "--smoke", "--no-study",
                  "--run-dir", str(run_dir), "--cache-dir", str(cache_dir), "--attacks", *ATTACKS,
                  "--tracking-uri", f"http://127.0.0.1:{port}"],
                 stdout=out, stderr=err, cwd=tmp, env=env, preexec_fn=lambda: os.umask(UMASK),

@@ -64,7 +64,7 @@ def test_digits_smoke_sweep_is_readable_through_mlflow(tmp_path, cache_dir):
     from sweeps.spaces import get_space
 
     run_dir = tmp_path / "run"
-    _sweep(["--space", "digits_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir)], tmp_path)
+    _sweep(["--space", "digits_ablation", "--smoke", "--no-study", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir)], tmp_path)
     space = get_space("digits_ablation", smoke=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["variants"]) == set(space.variants)
@@ -143,7 +143,7 @@ def test_svhn_ablation_smoke_runs_on_fake_mat_files(tmp_path, cache_dir):
         y = (np.arange(n) % 10 + 1).reshape(n, 1).astype(np.uint8)  # SVHN's labels: 10 means 0
         savemat(folder / f"{split}_32x32.mat", {"X": x, "y": y})
     run_dir = tmp_path / "run"
-    _sweep(["--space", "svhn_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
+    _sweep(["--space", "svhn_ablation", "--smoke", "--no-study", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
             "--data-root", str(tmp_path / "data")], tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["dataset"] == "svhn" and set(summary["variants"]) == set(get_space("svhn_ablation", smoke=True).variants)
@@ -161,7 +161,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, cache_
     space = get_space("digits_ablation", smoke=True)
     run_dir = tmp_path / "run"
     budget = 3
-    args = ["--space", "digits_ablation", "--smoke", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
+    args = ["--space", "digits_ablation", "--smoke", "--no-study", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
             "--num-samples", str(budget)]
     total = len(space.variants) * (budget + space.seeds)
     log = open(tmp_path / "first.log", "w")
