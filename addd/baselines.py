@@ -136,6 +136,26 @@ def _config_from_metadata(cls: type, raw: Mapping[str, Any], path: Path) -> Any:
     return cls(**values)
 
 
+def _save(model: nn.Module, path: str | Path, fmt: str, extra_metadata: Mapping[str, object] | None) -> Path:
+    """Weights, config and history of a baseline in one safetensors file (atomic)."""
+    path = Path(path)
+    metadata = {"format": fmt, "config": asdict(model.config), "history": _history_metadata(model.history),
+                **(extra_metadata or {})}
+    save_tensors(path, model.state_dict(), metadata)
+    return path
+
+
+def _load(cls: type, config_cls: type, path: str | Path, fmt: str, device: str) -> nn.Module:
+    """A baseline saved by :func:`_save`, on ``device`` (its config's device too), in eval mode."""
+    path = Path(path)
+    tensors, metadata = _load_checked(path, fmt)
+    config = _config_from_metadata(config_cls, {**metadata["config"], "device": str(device)}, path)
+    model = cls(config)
+    model.load_state_dict(tensors, strict=True)
+    model.history = _history_from_metadata(metadata.get("history", []))
+    return model.to(device).eval()
+
+
 def _load_checked(path: str | Path, expected_format: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     tensors, metadata = load_tensors(path)
     if metadata.get("format") != expected_format:
@@ -354,26 +374,12 @@ class APEGAN(nn.Module):
     # --------------------------------------------------------------- persistence
     def save(self, path: str | Path, extra_metadata: Mapping[str, object] | None = None) -> Path:
         """Weights and config in one safetensors file (atomic); returns the path."""
-        path = Path(path)
-        metadata = {
-            "format": APEGAN_FORMAT,
-            "config": asdict(self.config),
-            "history": _history_metadata(self.history),
-            **(extra_metadata or {}),
-        }
-        save_tensors(path, self.state_dict(), metadata)
-        return path
+        return _save(self, path, APEGAN_FORMAT, extra_metadata)
 
 
 def load_apegan(path: str | Path, device: str = "cpu") -> APEGAN:
     """Load an APE-GAN saved by :meth:`APEGAN.save`, in eval mode (config.device set to ``device``)."""
-    path = Path(path)
-    tensors, metadata = _load_checked(path, APEGAN_FORMAT)
-    config = _config_from_metadata(APEGANConfig, {**metadata["config"], "device": str(device)}, path)
-    model = APEGAN(config)
-    model.load_state_dict(tensors, strict=True)
-    model.history = _history_from_metadata(metadata.get("history", []))
-    return model.to(device).eval()
+    return _load(APEGAN, APEGANConfig, path, APEGAN_FORMAT, device)
 
 
 # ============================================================================ adversarial training
@@ -570,26 +576,12 @@ class AdversarialTraining(nn.Module):
 
     def save(self, path: str | Path, extra_metadata: Mapping[str, object] | None = None) -> Path:
         """Weights and config in one safetensors file (atomic); returns the path."""
-        path = Path(path)
-        metadata = {
-            "format": ADV_TRAINING_FORMAT,
-            "config": asdict(self.config),
-            "history": _history_metadata(self.history),
-            **(extra_metadata or {}),
-        }
-        save_tensors(path, self.state_dict(), metadata)
-        return path
+        return _save(self, path, ADV_TRAINING_FORMAT, extra_metadata)
 
 
 def load_adversarial_training(path: str | Path, device: str = "cpu") -> AdversarialTraining:
     """Load a model saved by :meth:`AdversarialTraining.save`, in eval mode."""
-    path = Path(path)
-    tensors, metadata = _load_checked(path, ADV_TRAINING_FORMAT)
-    config = _config_from_metadata(AdversarialTrainingConfig, {**metadata["config"], "device": str(device)}, path)
-    model = AdversarialTraining(config)
-    model.load_state_dict(tensors, strict=True)
-    model.history = _history_from_metadata(metadata.get("history", []))
-    return model.to(device).eval()
+    return _load(AdversarialTraining, AdversarialTrainingConfig, path, ADV_TRAINING_FORMAT, device)
 
 
 # ============================================================================ registry

@@ -8,13 +8,14 @@ mode a plain ``open()`` would give (0o666 minus the umask), not the temporary fi
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -71,39 +72,17 @@ def publish_mode(path: str | os.PathLike) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder + rename).
-    A full or read-only folder raises StorageError and leaves nothing behind."""
-    path = Path(path)
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        error = write_error(path, exc)
-        if error is exc:
-            raise
-        raise error from None
-
-
-def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
-    """Atomically save tensors (made contiguous, moved to CPU) with JSON-serialisable metadata."""
-    path = Path(path)
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write; on success it is fsynced, given the umask's
+    mode and renamed into place. A full or read-only folder raises StorageError, and nothing is
+    left behind either way."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
-        cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-        save_file(cpu, tmp, metadata={METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
+        yield Path(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         publish_mode(tmp)
@@ -115,6 +94,20 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
         if error is exc:
             raise
         raise error from None
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder + rename).
+    A full or read-only folder raises StorageError and leaves nothing behind."""
+    with _atomic(Path(path)) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, Any]) -> None:
+    """Atomically save tensors (made contiguous, moved to CPU) with JSON-serialisable metadata."""
+    with _atomic(Path(path)) as tmp:
+        cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
+        save_file(cpu, str(tmp), metadata={METADATA_KEY: json.dumps(dict(metadata), sort_keys=True)})
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
