@@ -123,7 +123,9 @@ def restored_examples(defense: nn.Module, ctx: TrialContext) -> dict[str, torch.
     x, y = ctx.val.x[:n], ctx.val.y[:n]
     tensors = {"x": x.contiguous(), "y": y.contiguous(), "pred.x": predict(ctx.target_model, x)}
     # a defense without parameters (the identity of the no-defense baseline) runs where M_t does
-    param = next(defense.parameters(), None) or next(ctx.target_model.parameters(), None)
+    param = next(defense.parameters(), None)
+    if param is None:
+        param = next(ctx.target_model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     with torch.no_grad():
         for attack, adv in ctx.val.adv.items():

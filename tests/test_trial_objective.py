@@ -8,6 +8,9 @@ objective over an easy subset (the old CW/DDN-only spaces) would miss it.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -77,3 +80,24 @@ def test_the_objective_is_the_minimum_over_every_unknown_attack_with_a_decision_
     assert metrics["val/acc.defended.PGDu"] == pytest.approx(1 - 15 / N)  # lower, but known: not the objective
     assert metrics["val/worst.holdout"] == pytest.approx(1 - 9 / N)  # BAu is a holdout attack too
     assert metrics["val/worst.unknown_per_sample"] <= metrics["val/worst.unknown"]
+
+
+def test_restored_examples_work_for_defenses_with_and_without_parameters():
+    """Every trial saves a few restored images; the no-defense baseline has no parameters (its
+    device comes from M_t) and an identity restore must not share memory with its input."""
+    from addd.baselines import NoDefense
+    from addd.config import DefenseConfig, NetworkConfig
+    from addd.defense import ADDDefense
+    from addd.storage import save_tensors
+    from sweeps.trial import restored_examples
+
+    y = torch.arange(6) % CLASSES
+    x = _images(y)
+    ctx = TrialContext(train=SplitSets(x, y, {}), val=SplitSets(x, y, {"BAu": _set("BAu", y, 3)}),
+                       test=SplitSets(x, y, {}), target_model=_BrightnessClassifier(), holdout_attacks=(),
+                       threads=1, events_path=None, grid_examples=4)
+    for defense in (ADDDefense(DefenseConfig(network=NetworkConfig(width=0.03125, channels=1))).eval(), NoDefense()):
+        tensors = restored_examples(defense, ctx)
+        assert tensors["restored.BAu"].shape == (4, 1, 32, 32)
+        assert torch.equal(tensors["pred.x_adv.BAu"][:3], (y[:3] + 1) % CLASSES)  # the hand-made attack
+        save_tensors(Path(tempfile.mkdtemp()) / "r.safetensors", tensors, {})  # no shared memory
