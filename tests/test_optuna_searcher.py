@@ -1,0 +1,59 @@
+"""sweeps._optuna.TpeSearcher: ASHA-stopped trials are PRUNED in the stored study, with their
+per-epoch values as intermediate values; complete trials are COMPLETE; a resumed searcher (after
+pickling, as Ray saves it) continues the same study without re-asking (fast, SQLite in tmp)."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+
+from sweeps._optuna import TpeSearcher
+from sweeps.spaces import Choice, LogUniform
+from sweeps.schedule import SweepSchedule, VariantSearch
+
+SEARCH = {"loss.theta_mse": LogUniform(1.0, 100.0), "known_attacks": Choice(("PGDu+PGDt", "DDNu+DDNt"))}
+
+
+def _searcher(tmp_path, name="s"):
+    return TpeSearcher(url=f"sqlite:///{tmp_path / 'optuna.db'}", study_name=name, search=SEARCH, seed=0,
+                       startup_trials=2, first_point={"loss.theta_mse": 10.0, "known_attacks": "PGDu+PGDt"})
+
+
+def test_an_asha_stopped_trial_is_pruned_with_its_intermediate_values(tmp_path):
+    schedule = SweepSchedule([VariantSearch("full", _searcher(tmp_path), {"train.epochs": 3}, budget=2, seeds=0)],
+                             metric="objective")
+    first, second = schedule.suggest("a"), schedule.suggest("b")
+    assert first["loss.theta_mse"] == 10.0 and first["known_attacks"] == "PGDu+PGDt"  # the paper's point first
+    for epoch, value in ((1, 0.2), (2, 0.3)):
+        schedule.on_trial_result("a", {"objective": value, "epoch": epoch})
+    schedule.on_trial_complete("a", {"objective": 0.3, "epoch": 2})  # stopped by ASHA after 2 of 3 epochs
+    for epoch, value in ((1, 0.1), (2, 0.2), (3, 0.25)):
+        schedule.on_trial_result("b", {"objective": value, "epoch": epoch})
+    schedule.on_trial_complete("b", {"objective": 0.25, "epoch": 3})
+
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    states = {t.number: t.state for t in study.trials}
+    assert states == {0: optuna.trial.TrialState.PRUNED, 1: optuna.trial.TrialState.COMPLETE}
+    assert study.trials[0].intermediate_values == {1: 0.2, 2: 0.3}
+    # Optuna records a pruned trial's last intermediate value; TPE and the plots treat it as pruned
+    assert study.trials[0].value == pytest.approx(0.3)
+    assert study.trials[1].value == pytest.approx(0.25) and study.best_trial.number == 1
+    assert schedule.variants[0].best_score == pytest.approx(0.25)  # the pruned 0.3 never wins
+
+
+def test_a_restored_searcher_continues_the_same_study(tmp_path):
+    searcher = _searcher(tmp_path)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", 0.5, "complete")
+    searcher.suggest("b")
+    restored = pickle.loads(pickle.dumps(searcher))  # as Ray saves and restores the searcher state
+    restored.on_trial_result("b", 0.4, 1)
+    restored.on_trial_complete("b", None, "failed")
+    restored.suggest("c")
+    again = _searcher(tmp_path)  # a resumed sweep opens the study again: no second paper point
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "RUNNING"]
+    assert study.trials[1].intermediate_values == {1: 0.4}
+    assert again is not None and len(study.trials) == 3
