@@ -26,6 +26,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -69,6 +70,9 @@ def resolve_sweep(sweep: str, tracking_uri: str | None) -> tuple[Path, str | Non
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise RunError(f"{sweep!r} is not a folder; to use it as an MLflow run id give --tracking-uri (or set MLFLOW_TRACKING_URI)")
+    if not re.fullmatch(r"[0-9a-f]{32}", sweep):
+        raise RunError(f"{sweep!r} is neither a run folder nor an MLflow run id (32 hex digits); pass one of them")
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a SQLite store's migrations are not the user's concern
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 

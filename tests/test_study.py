@@ -6,6 +6,7 @@ idempotent and reading the sweep's cached sets only."""
 from __future__ import annotations
 
 import json
+import os
 import math
 import statistics
 import subprocess
@@ -20,12 +21,17 @@ ATTACKS = ["PGDu", "PGDt", "CWu", "LSu", "BAu"]
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # in-process MLflow tests set it
     out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(tmp_path / "nothing")], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "tracking-uri" in out.stderr
     out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(tmp_path)], cwd=REPO,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and "no summary.json" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", "nothing-here", "--tracking-uri",
+                          f"sqlite:///{tmp_path / 'x.db'}"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "run id" in out.stderr
+    assert not (tmp_path / "x.db").exists()  # a name that is no run id is refused before MLflow is touched
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +109,9 @@ def test_every_figure_matches_mlflow_and_the_report_shows_it(study):
         for figure in ("worst.unknown", "acc.clean", "acc.reconstruction"):
             s = entry["test"][figure]
             assert f"{s['mean']:.3f} ± {s['std']:.3f}" in report
-    assert checked > 12 * 20
+    # every defense has every figure: defended and undefended per attack, clean, reconstruction,
+    # three worst cases, and the six adaptive ones
+    assert len(defenses) == 9 and checked == len(defenses) * (2 * len(ATTACKS) + 5 + 6)
     # differences to full: point estimates from MLflow, verdicts in words where the interval holds 0
     for name, comparison in summary["comparisons"].items():
         for figure in ("worst.unknown", "acc.defended.CWu", "adaptive.pgd_worst", "worst.unknown_per_sample"):
