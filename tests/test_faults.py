@@ -5,7 +5,6 @@ storage path fails with one clear line and leaves no half-written file. The end-
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil

@@ -26,6 +26,7 @@ def test_an_asha_stopped_trial_is_pruned_with_its_intermediate_values(tmp_path):
                              metric="objective")
     first, second = schedule.suggest("a"), schedule.suggest("b")
     assert first["loss.theta_mse"] == 10.0 and first["known_attacks"] == "PGDu+PGDt"  # the paper's point first
+    assert 1.0 <= second["loss.theta_mse"] <= 100.0 and second["phase"] == "search"
     for epoch, value in ((1, 0.2), (2, 0.3)):
         schedule.on_trial_result("a", {"objective": value, "epoch": epoch})
     schedule.on_trial_complete("a", {"objective": 0.3, "epoch": 2})  # stopped by ASHA after 2 of 3 epochs
