@@ -32,6 +32,7 @@ over ``sweeps._ray.parallel_map`` on a cluster.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -115,6 +116,7 @@ def trial_context(summary: Mapping[str, Any], sets, target, *, threads: int):
                             steps=int(fin.get("adaptive_pgd_steps", space.adaptive_steps)),
                             autoattack=space.adaptive_autoattack,
                             curve_points=int(fin.get("robustness_curve_points", space.curve_points)),
+                            curve_steps=int(fin.get("robustness_curve_pgd_steps", space.curve_steps)),
                             budget=float(summary["attack_budget"])),
         grid_examples=space.grid_examples,
     )
@@ -329,13 +331,25 @@ def _data_root(run_dir: Path) -> Path:
     return Path("./data")
 
 
+def _run_job_alone(job: "Job", ctx, finals_dir: Path) -> tuple[dict[str, Any], bool]:
+    """run_job in a task of its own: one torch thread (the tasks share the machine's cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    record, fresh = run_job(job, ctx, finals_dir)
+    log.info("study: %s seed %d done", job.name, job.seed)
+    return record, fresh
+
+
 def run_study(run_dir: str | Path, *, tracker=None, parent_run_id: str | None = None, n_boot: int = 2000,
-              data_root: Path | None = None, allow_generation: bool = False, report: bool = True) -> Path:
+              data_root: Path | None = None, allow_generation: bool = False, report: bool = True,
+              map_fn: Callable[[Callable, list], list] | None = None) -> Path:
     """Run what the sweep in ``run_dir`` lacks (fixed ablations, baselines, their adaptive
     figures and curves), add ``fixed``, ``baselines``, ``comparisons`` and ``study`` to its
     summary.json, write the report into ``<run_dir>/report/`` and, with ``tracker`` (a
     sweeps._mlflow.Tracker) and ``parent_run_id``, log each new final as a child run and the
-    summary and report on the parent. Idempotent: a final whose ``metrics.json`` exists is not
+    summary and report on the parent. ``map_fn(fn, jobs)`` (e.g. Ray tasks) runs the finals in
+    parallel; without it they run one after the other in this process. Idempotent: a final whose ``metrics.json`` exists is not
     re-run. Returns the path of summary.json."""
     import torch
 
@@ -363,8 +377,14 @@ def run_study(run_dir: str | Path, *, tracker=None, parent_run_id: str | None = 
                                     allow_generation=allow_generation, device=device)
         ctx = trial_context(summary, sets, target, threads=torch.get_num_threads())
         timings["load_sets"] = time.perf_counter() - start
+    computed: dict[str, tuple[dict[str, Any], bool]] = {}
+    if todo and map_fn is not None:  # the finals are independent: one task each (the sweep's Ray)
+        results = map_fn(functools.partial(_run_job_alone, ctx=ctx, finals_dir=finals_dir), todo)
+        computed = {job.folder: result for job, result in zip(todo, results)}
     for job in jobs:
-        if job in todo:
+        if job.folder in computed:
+            record, fresh = computed[job.folder]
+        elif job in todo:
             record, fresh = run_job(job, ctx, finals_dir)
         else:
             record, fresh = json.loads((finals_dir / job.folder / METRICS_FILE).read_text()), False

@@ -202,7 +202,7 @@ def prepare(plan: Plan, on_event=None) -> Prepared:
         threads=max(1, int(plan.cpus_per_trial)),
         events_path=str(plan.run_dir / EVENTS_FILE) if plan.address is None else None,
         finalists=Finalists(dataset=s.dataset, n=s.adaptive_n, steps=s.adaptive_steps, autoattack=s.adaptive_autoattack,
-                            curve_points=s.curve_points, budget=s.attack_budget),
+                            curve_points=s.curve_points, budget=s.attack_budget, curve_steps=s.curve_steps),
         grid_examples=s.grid_examples,
     )
     if state.parent_run_id is None:
@@ -300,7 +300,7 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     from ablations.report import build_report
     from ablations.study import run_study
     from addd.storage import atomic_write_bytes
-    from sweeps import _optuna
+    from sweeps import _optuna, _ray
     from sweeps.summary import SUMMARY_FILE, build_summary
     from sweeps.trial import DEFENSE_FILE
     from sweeps.trialspec import FINAL, SEARCH
@@ -333,7 +333,9 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     start = time.perf_counter()
     if plan.study and summary["variants"].get("full", {}).get("best_config") is not None:
         # fixed ablations, baselines, paired statistics and the report: the same code as `python -m ablations.run`
-        run_study(plan.run_dir, tracker=tracker, parent_run_id=parent, data_root=plan.data_root)
+        run_study(plan.run_dir, tracker=tracker, parent_run_id=parent, data_root=plan.data_root,
+                  map_fn=lambda fn, jobs: _ray.parallel_map(fn, jobs, label="study", num_gpus=plan.gpus_per_trial,
+                                                            on_done=_study_done))
     else:
         if plan.study:
             log.warning("no fixed ablations or baselines: variant 'full' has no best config (see summary.json)")
@@ -344,6 +346,13 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     (plan.run_dir / TIMINGS_FILE).write_text(json.dumps({**prepared.timings, "slots": prepared.slots}, indent=1))
     tracker.finish(parent, ok=True)
     return summary_path
+
+
+def _study_done(job, result, seconds: float) -> None:
+    """A study final finished in its Ray task: the line a person waits for (sweeps.console shows it)."""
+    record, _ = result
+    logging.getLogger("ablations.study").info("study: %s seed %d done in %.0fs (worst.unknown %.3f)", job.name, job.seed,
+                                              seconds, record["metrics"].get("test/worst.unknown", float("nan")))
 
 
 def _collect_final_files(finals: list, finals_dir: Path) -> None:

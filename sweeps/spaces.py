@@ -116,7 +116,8 @@ class Space:
     adaptive_n: int | None = None
     adaptive_steps: int = 100  # white-box PGD steps (CE and margin loss, random start)
     adaptive_autoattack: bool = True  # AutoAttack L-inf and L2 through the pipeline
-    curve_points: int = 6  # eps values from 0 to the dataset's PGD eps
+    curve_points: int = 5  # eps values from 0 to the dataset's PGD eps (0, eps/4, ..., eps)
+    curve_steps: int = 50  # PGD steps per curve point (CE and margin; the finalist figure at eps uses adaptive_steps)
     smoke_overrides: Mapping[str, Any] = field(default_factory=dict)  # Space fields for --smoke
 
     # -- derived
@@ -155,6 +156,7 @@ class Space:
             "adaptive_test_examples": self.adaptive_n or "whole test split",
             "adaptive_pgd_steps": self.adaptive_steps,
             "robustness_curve_points": self.curve_points,
+            "robustness_curve_pgd_steps": self.curve_steps,
         }
 
     def base_config(self) -> DefenseConfig:
@@ -236,7 +238,7 @@ class Space:
             raise SpaceError(f"{where}: adaptive_n must be >= 1 or None (whole test split), got {self.adaptive_n}")
         if self.curve_points < 2:
             raise SpaceError(f"{where}: curve_points must be >= 2, got {self.curve_points}")
-        for name in ("num_samples", "seeds", "grace_period", "grid_examples", "adaptive_steps"):
+        for name in ("num_samples", "seeds", "grace_period", "grid_examples", "adaptive_steps", "curve_steps"):
             if getattr(self, name) < 1:
                 raise SpaceError(f"{where}: {name} must be >= 1, got {getattr(self, name)}")
         if self.reduction_factor < 2:
@@ -342,14 +344,14 @@ SPACES: dict[str, Space] = {
         # Sized for the README quick start: <= 20 minutes on a 2-core CPU machine with an empty
         # cache, the whole suite, 5 variants, finals attacked adaptively, the study (see README).
         # --num-samples 20 (or more) is the full-size search.
-        num_samples=6,
+        num_samples=5,
         startup_trials=3,
         seeds=3,
         grace_period=2,
-        adaptive_n=100,  # adaptive attacks and curves on the first 100 of the 359 test images
+        adaptive_n=64,  # adaptive attacks and curves on the first 64 of the 359 test images
         smoke_overrides={
             "n_train": 96, "n_val": 48, "n_test": 48, "attack_budget": 0.05, "num_samples": 2,
-            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10, "variants": ("full", "no_dp"),
+            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10, "curve_steps": 10, "variants": ("full", "no_dp"),
             "base": {"network.width": 0.03125, "network.channels": 1, "train.epochs": 2,
                      "train.batch_size": 16, "train.lr": 1e-3},
         },
@@ -371,7 +373,7 @@ SPACES: dict[str, Space] = {
         cpus_per_trial=2.0,
         smoke_overrides={
             "n_train": 64, "n_val": 32, "n_test": 32, "attack_budget": 0.05, "num_samples": 2,
-            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10, "variants": ("full", "no_dp"),
+            "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10, "curve_steps": 10, "variants": ("full", "no_dp"),
             "search": _paper_search("svhn", _PAIRS, (8.0, 256.0)),
             "base": {"network.width": 0.03125, "network.channels": 3, "train.epochs": 2, "train.batch_size": 16},
             "gpus_per_trial": 0.0, "cpus_per_trial": 1.0,

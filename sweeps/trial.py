@@ -59,6 +59,7 @@ class Finalists:
     curve_points: int
     budget: float
     seed: int = 0
+    curve_steps: int | None = None  # None: steps
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curv
         if row.correct is not None:
             per_example[f"{row.metric}.correct"] = row.correct.contiguous()
     if curve:
-        frame = robustness_curve(ctx.target_model, defense, x, y, eps_max=eps, num=f.curve_points, steps=f.steps,
+        frame = robustness_curve(ctx.target_model, defense, x, y, eps_max=eps, num=f.curve_points, steps=f.curve_steps or f.steps,
                                  seed=f.seed)
         frame.to_csv(out_dir / CURVE_FILE, index=False)
     return metrics
