@@ -105,6 +105,9 @@ def search_table(summary: Mapping[str, Any]) -> pd.DataFrame:
         rows.append({
             "variant": variant,
             "trials": search.get("trials"),
+            "complete": search.get("complete"),
+            "stopped early (ASHA; pruned in Optuna)": search.get("stopped_early"),
+            "failed": search.get("failed"),
             "best_val_objective": search.get("best_val_objective"),
             **{k: config.get(k) for k in ("loss.lambda_prior", "loss.lambda_dp", "loss.lambda_cls", "loss.theta_mse",
                                           "loss.sigma", "known_attacks")},

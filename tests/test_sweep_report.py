@@ -76,4 +76,4 @@ def test_report_tables_and_plot_follow_the_summary(tmp_path):
     assert all(p.exists() and p.stat().st_size > 0 for p in paths)
     assert pd.read_csv(tmp_path / "test_accuracy.csv").shape[0] == len(table)
     text = (tmp_path / "report.md").read_text()
-    assert "0.600 ± 0.141" in text and "| no_dp | 1 | 0.4 |" in text
+    assert "0.600 ± 0.141" in text and "| no_dp | 1 | 1 | 0 | 0 | 0.4 |" in text
