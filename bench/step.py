@@ -93,10 +93,13 @@ def main() -> None:
         f"cpu, {torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {where}, batch {args.batch_size} x {args.known + 1} domains")
     print(f"{'width':>6} {'ch':>3} {'ADD step ms':>12} {'plain f+b ms':>13} {'ratio':>6}")
+    ratios = []
     for width in args.width or [0.25, 1.0]:
         channels = args.channels or (1 if width < 1 else 3)
         step, plain = measure(width, channels, args.batch_size, args.known, args.repeats, args.device)
+        ratios.append(step / plain)
         print(f"{width:>6} {channels:>3} {step * 1e3:>12.1f} {plain * 1e3:>13.1f} {step / plain:>6.2f}")
+    print(f"ratio: {ratios[-1]:.3f}")  # the last (largest) width: ADD step / plain forward+backward (goal <= 1.3)
 
 
 if __name__ == "__main__":

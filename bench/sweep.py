@@ -60,6 +60,7 @@ def main() -> int:
     print(f"preparation (data, target model, adversarial sets): {timings['prepare']:.1f} s")
     print(f"whole sweep in-process wall:     {timings['total']:8.1f} s  -> ratio {timings['total'] / ideal:.3f}")
     print(f"whole command wall (incl. interpreter and Ray shutdown): {process_wall:.1f} s  -> ratio {process_wall / ideal:.3f}")
+    print(f"ratio: {timings['trials'] / ideal:.3f}")  # trial phase wall / ideal (goal <= 1.15)
     return 0
 
 
