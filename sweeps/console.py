@@ -25,6 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TextIO
 
+from sweeps.trialspec import EPOCH, FAILURE, SEARCH, ended_early
+
 LOG_FILE = "sweep.log"
 OUR_PACKAGES = ("addd", "sweeps", "ablations")
 # loggers whose INFO records are progress a person waits for (the study after the search: minutes each)
@@ -326,28 +328,27 @@ class SweepConsole(Console):
         self.finished += 1
         objective = result.get("objective")
         objective = float(objective) if isinstance(objective, (int, float)) else None
-        if spec.phase == "search":
+        if spec.phase == SEARCH:
             v.done += 1
             what = f"search trial {v.done}/{v.search_total}"
             if event == "failed":
                 v.failed += 1
-                what += f" failed: {result.get('failure') or 'see the log'}"
-            else:
-                epoch, epochs = result.get("epoch"), spec.epochs
-                if epochs is not None and isinstance(epoch, (int, float)) and epoch < epochs:
-                    v.stopped_early += 1
-                    what += f" stopped early at epoch {int(epoch)}/{epochs}"
-                else:
-                    what += " done"
+                what += f" failed: {result.get(FAILURE) or 'see the log'}"
+            elif ended_early(spec, result):
+                v.stopped_early += 1
+                what += f" stopped early at epoch {int(result[EPOCH])}/{spec.epochs}"
+            else:  # only a complete trial can be a variant's best (as in sweeps.schedule)
+                what += " done"
                 if objective is not None:
-                    what += f", objective {objective:.4f}"
                     v.best = objective if v.best is None else max(v.best, objective)
+            if objective is not None:
+                what += f", objective {objective:.4f}"
         else:
             v.finals_done += 1
             what = f"final seed {spec.seed} ({v.finals_done}/{v.finals_total})"
             if event == "failed":
                 v.finals_failed += 1
-                what += f" failed: {result.get('failure') or 'see the log'}"
+                what += f" failed: {result.get(FAILURE) or 'see the log'}"
             else:
                 what += " done" + (f", test objective {objective:.4f}" if objective is not None else "")
         if self._live is not None:

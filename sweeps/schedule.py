@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sweeps.trialspec import EPOCH, OBJECTIVE, SEARCH, TrialSpec, is_finite, pair_name
+from sweeps.trialspec import EPOCH, OBJECTIVE, SEARCH, TrialSpec, ended_early, is_finite, pair_name
 
 if TYPE_CHECKING:
     from sweeps.plan import Plan
@@ -107,11 +107,10 @@ class SweepSchedule:
         v = self._variant(spec.variant)
         result = result or {}
         score = result.get(self.metric)
-        epoch = result.get(EPOCH)
         if error or not is_finite(score):
             state = "failed"
             v.failed += 1
-        elif spec.epochs is not None and isinstance(epoch, (int, float)) and epoch < spec.epochs:
+        elif ended_early(spec, result):
             state = "pruned"
             v.stopped_early += 1
         else:

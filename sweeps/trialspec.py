@@ -99,6 +99,13 @@ class TrialSpec:
         return TrialSpec(FINAL, self.variant, {**self.flat, "train.seed": seed})
 
 
+def ended_early(spec: TrialSpec, result: Mapping[str, Any]) -> bool:
+    """A search trial whose last result came before its last epoch, with no failure: ASHA stopped it."""
+    epoch = result.get(EPOCH)
+    return (spec.phase == SEARCH and not result.get(FAILURE) and spec.epochs is not None
+            and isinstance(epoch, (int, float)) and epoch < spec.epochs)
+
+
 def search_group(config: Mapping[str, Any]) -> str | None:
     """The ASHA bracket of a trial: search trials compete within their variant; finals run to the end."""
     spec = TrialSpec.parse(config)
@@ -161,10 +168,7 @@ class TrialOutcome:
     @property
     def stopped_early(self) -> bool:
         """A search trial that ended before its last epoch without an error (ASHA stopped it)."""
-        spec = self.spec
-        epoch = self.metrics.get(EPOCH)
-        return (self.error is None and not self.metrics.get(FAILURE) and spec.phase == SEARCH and spec.epochs is not None
-                and isinstance(epoch, (int, float)) and epoch < spec.epochs)
+        return self.error is None and ended_early(self.spec, self.metrics)
 
 
 def is_finite(value: Any) -> bool:
