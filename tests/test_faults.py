@@ -191,7 +191,7 @@ def test_nan_trial_fails_with_its_reason_and_the_sweep_finishes(tmp_path, cache_
 def test_killed_trial_worker_resumes_with_its_optimiser_and_one_mlflow_run(tmp_path, cache_dir):
     run_dir = tmp_path / "run"
     log = open(tmp_path / "sweep.log", "w")
-    sweep = subprocess.Popen(_smoke(run_dir, cache_dir, "--set", "train.epochs=4"), cwd=tmp_path, stdout=log,
+    sweep = subprocess.Popen(_smoke(run_dir, cache_dir, "--set", "train.epochs=6"), cwd=tmp_path, stdout=log,
                              stderr=subprocess.STDOUT)
     try:
         deadline, victim = time.time() + 600, None
@@ -200,7 +200,9 @@ def test_killed_trial_worker_resumes_with_its_optimiser_and_one_mlflow_run(tmp_p
             events = _events(run_dir)
             ended = {e["trial_id"] for e in events if e["event"] == "end"}
             for e in events:
-                if e["event"] == "epoch" and e["epoch"] == 1 and e["trial_id"] not in ended:
+                # the "epoch" event is written before that epoch's checkpoint is reported; Ray lets a trial
+                # train epoch 2 only once the driver took epoch 1's report, so epoch 2 means a checkpoint
+                if e["event"] == "epoch" and e["epoch"] == 2 and e["trial_id"] not in ended:
                     victim = e
             time.sleep(0.1)
         os.kill(victim["pid"], signal.SIGKILL)
