@@ -91,6 +91,9 @@ def restored_grid(tensors: Mapping[str, "torch.Tensor"], attacks: list[str] | No
     ``tensors`` as saved by ``sweeps.trial.restored_examples``: ``x``, ``y``, ``pred.x`` and per
     attack ``x_adv.<a>``, ``restored.<a>``, ``pred.x_adv.<a>``, ``pred.restored.<a>``. One row of
     originals, then two rows per attack (adversarial, restored); a wrong prediction is in red.
+
+    Drawn as one montage on one axes: the sweep's driver renders one per trial between trials,
+    and a grid of one axes per image took 2.5-6 s there (the next trial waited for it).
     """
     names = attacks or [k[len("x_adv."):] for k in tensors if k.startswith("x_adv.")]
     y = tensors["y"]
@@ -99,22 +102,31 @@ def restored_grid(tensors: Mapping[str, "torch.Tensor"], attacks: list[str] | No
         rows.append((f"{a}: adversarial", tensors[f"x_adv.{a}"], tensors[f"pred.x_adv.{a}"]))
         rows.append((f"{a}: restored", tensors[f"restored.{a}"], tensors[f"pred.restored.{a}"]))
     n = len(y)
-    figure, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 2.2, 1.15 * len(rows)), squeeze=False)
-    for r, (label, images, preds) in enumerate(rows):
-        images = images.detach().cpu().clamp(0, 1)
+    first = rows[0][1]
+    channels, height, width = int(first.shape[1]), int(first.shape[2]), int(first.shape[3])
+    pad_x, pad_y = max(1, width // 8), max(4, height // 3)  # room above each tile for its label
+    cell_w, cell_h = width + pad_x, height + pad_y
+    canvas = np.ones((len(rows) * cell_h, n * cell_w, 3), dtype=np.float32)
+    for r, (_, images, _) in enumerate(rows):
+        images = images.detach().cpu().clamp(0, 1).float().numpy()  # (n, C, H, W)
         for c in range(n):
-            ax = axes[r][c]
-            image = images[c].permute(1, 2, 0).numpy()
-            grey = image.shape[-1] == 1
-            ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=1)
-            ax.set_xticks([])
-            ax.set_yticks([])
+            tile = np.transpose(images[c], (1, 2, 0))
+            top, left = r * cell_h + pad_y, c * cell_w
+            canvas[top:top + height, left:left + width] = tile if channels == 3 else tile[..., :1]
+    figure, ax = plt.subplots(figsize=(0.9 * n + 2.4, 0.95 * len(rows) + 0.5))
+    ax.imshow(canvas, interpolation="nearest", extent=(0, canvas.shape[1], canvas.shape[0], 0))
+    for r, (label, _, preds) in enumerate(rows):
+        ax.text(-pad_x, r * cell_h + pad_y + height / 2, label, ha="right", va="center", fontsize=7)
+        for c in range(n):
             pred = int(preds[c])
-            ax.set_title(f"{pred}", fontsize=7, color="black" if pred == int(y[c]) else "red", pad=1)
-        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    figure.suptitle("predicted label above each image (red: wrong); true labels: " + " ".join(str(int(v)) for v in y),
-                    fontsize=8)
-    figure.tight_layout()
+            ax.text(c * cell_w + width / 2, r * cell_h + pad_y - 0.5, str(pred), ha="center", va="bottom", fontsize=7,
+                    color="black" if pred == int(y[c]) else "red")
+    ax.set_xlim(-pad_x, canvas.shape[1])
+    ax.set_ylim(canvas.shape[0], 0)
+    ax.axis("off")
+    ax.set_title("predicted label above each image (red: wrong); true labels: " + " ".join(str(int(v)) for v in y),
+                 fontsize=8)
+    figure.subplots_adjust(left=0.2, right=0.99, top=0.97, bottom=0.01)
     return figure
 
 

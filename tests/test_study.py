@@ -163,3 +163,18 @@ def test_the_study_is_idempotent_and_never_regenerates_sets(study):
     # a request the sweep never made (another budget) is refused, not generated
     with pytest.raises(StudyError, match="never regenerates"):
         load_sets({**summary, "attack_budget": 0.5}, data_root=REPO / "data", train_attacks=("PGDu",))
+
+
+def test_parallel_study_starts_the_longest_finals_first():
+    from ablations.study import Job, expected_cost
+
+    def job(name, seed):
+        return Job(name, "baseline" if not name.startswith("fixed-") else "fixed", seed, {}, ("PGDu",), lambda: None)
+
+    jobs = [job(n, s) for n in ("fixed-no_dp", "no_defense", "ape_gan", "adv_training") for s in (0, 1, 2)]
+    order = [j.folder for j in sorted(jobs, key=expected_cost, reverse=True)]
+    assert order[:3] == ["adv_training-seed0", "adv_training-seed1", "adv_training-seed2"]
+    # then the seed-0 finals (they also compute the robustness curve), then the rest, stable
+    assert order[3:6] == ["fixed-no_dp-seed0", "no_defense-seed0", "ape_gan-seed0"]
+    assert order[6:] == ["fixed-no_dp-seed1", "fixed-no_dp-seed2", "no_defense-seed1", "no_defense-seed2",
+                         "ape_gan-seed1", "ape_gan-seed2"]
