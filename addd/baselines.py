@@ -211,6 +211,7 @@ class NoDefense(nn.Module):
     """M_t alone: ``restore`` is the identity, the classifier is the target model itself."""
 
     name = "no_defense"
+    is_identity = True  # restore(x) is x: robustness_curve skips re-attacking the same pipeline
 
     def __init__(self) -> None:
         super().__init__()
@@ -495,6 +496,7 @@ class AdversarialTraining(nn.Module):
     """
 
     name = "adv_training"
+    is_identity = True  # restore(x) is x: the robustness lies in its own classifier
 
     def __init__(self, config: AdversarialTrainingConfig):
         super().__init__()

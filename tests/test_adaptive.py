@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from addd.adaptive import (
-    CURVE_COLUMNS, METRICS, AdaptiveError, adaptive_pgd, evaluate_adaptive_suite, robustness_curve,
+    CURVE_COLUMNS, METRICS, AdaptiveError, adaptive_pgd, adaptive_worst, evaluate_adaptive_suite, robustness_curve,
 )
 from addd.attacks import run_attack
 from addd.data import load_dataset
@@ -193,6 +193,39 @@ def test_robustness_curve(model, examples):
     assert curve["undefended_whitebox"].iloc[-1] < clean - 0.3
     assert curve["defended_adaptive"].iloc[-1] < reconstruction - 0.3
     assert curve[list(CURVE_COLUMNS[1:4])].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_adaptive_worst_is_the_worst_mask_of_both_losses(model, examples):
+    """The curve's cheaper worst case: margin PGD only where CE PGD left the example correct."""
+    x, y = examples
+    defense = SmoothDefense()
+    for eps in (0.05, EPS):
+        full = adaptive_pgd(model, defense, x, y, eps=eps, steps=STEPS, seed=1)
+        worst = adaptive_worst(model, defense, x, y, eps=eps, steps=STEPS, seed=1)
+        assert worst.dtype == torch.bool and worst.shape == (N,)
+        assert not (worst & ~full.correct["ce"]).any()  # the CE run is the very same attack
+        # the margin run on the survivors draws its random start for a smaller batch: the same
+        # figure up to an example or two
+        assert abs(worst.float().mean().item() - full.worst) <= 2 / N, (worst.float().mean().item(), full.worst)
+        assert worst.float().mean().item() < full.ce or full.ce == full.worst  # margin does bite where CE left some
+
+
+def test_identity_flag_skips_reattacking_with_the_same_curve(model, examples):
+    x, y = examples
+
+    class FlaggedIdentity(IdentityDefense):
+        is_identity = True
+
+    flagged = robustness_curve(model, FlaggedIdentity(), x, y, eps_max=EPS, num=3, steps=STEPS, seed=0)
+    attacked = robustness_curve(model, IdentityDefense(), x, y, eps_max=EPS, num=3, steps=STEPS, seed=0)
+    assert flagged["undefended_whitebox"].tolist() == attacked["undefended_whitebox"].tolist()
+    assert flagged["defended_oblivious"].tolist() == attacked["defended_oblivious"].tolist()  # same images, identity
+    assert flagged["defended_adaptive"].tolist() == flagged["undefended_whitebox"].tolist()
+    assert (flagged["defended_adaptive"] - attacked["defended_adaptive"]).abs().max() <= 2 / N
+    from addd.baselines import AdversarialTraining, NoDefense
+
+    assert NoDefense.is_identity and AdversarialTraining.is_identity
+    assert torch.equal(NoDefense().restore(x), x)
 
 
 # (e) seeds and side effects -----------------------------------------------------------------
