@@ -382,7 +382,8 @@ def _report_text(summary, title, searches, restored, curves: bool, optuna_plots)
            "## Threat models and names\n",
            "- **clean** = M_t(x): the *undefended* target model on clean test images (no attack, no defense).",
            "- **reconstruction** = M_t(G(E(x))): clean images through the defense (baselines: through their "
-           "restore, M_t replaced by the adversarially trained model for `adv_training`).",
+           "restore, M_t replaced by the adversarially trained model for `adv_training`, whose clean and "
+           "undefended figures and curve reference stay M_t's; its oblivious sets are M_t's, i.e. transfer attacks).",
            "- **undefended** = white-box attack on M_t, no defense: M_t(x_adv) with x_adv computed on M_t.",
            "- **oblivious** = x_adv computed on M_t alone, then M_t(G(E(x_adv))) (the paper's Table 1 setting). "
            "Targeted attacks use Acc_t.",

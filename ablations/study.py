@@ -179,7 +179,9 @@ def run_job(job: Job, ctx, finals_dir: Path) -> tuple[dict[str, Any], bool]:
     defense.fit(ctx.train.x, ctx.train.y, x_adv)
     trained = time.perf_counter() - start
     classifier = defense.classifier_for(ctx.target_model) if hasattr(defense, "classifier_for") else ctx.target_model
-    job_ctx = dataclasses.replace(ctx, target_model=classifier.to(device).eval())
+    own = classifier is not ctx.target_model  # adversarial training: its own classifier, M_t stays the reference
+    job_ctx = dataclasses.replace(ctx, target_model=classifier.to(device).eval(),
+                                  undefended_model=ctx.target_model if own else ctx.undefended_model)
     metrics = evaluate_final(defense.eval(), job_ctx, job.known, job.seed, out)
     record = {"name": job.name, "kind": job.kind, "seed": job.seed, "config": job.config, "known_attacks": list(job.known),
               "metrics": metrics, "seconds": {"train": trained, "evaluate": time.perf_counter() - start - trained},

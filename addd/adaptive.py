@@ -350,8 +350,14 @@ def robustness_curve(
     num: int = 6,
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
+    undefended_model: nn.Module | None = None,
 ) -> "pd.DataFrame":
     """L∞ accuracy against eps for eps in linspace(0, eps_max, num); eps = 0 is clean accuracy.
+
+    ``undefended_model``: the target model M_t when ``model`` is a defense's own classifier
+    (adversarial training): the undefended column is then M_t under white-box PGD, the oblivious
+    column M_t's adversarial images fed to the defense (a transfer attack), the adaptive column
+    the white-box attack on the defense. Default: ``model``.
 
     Columns (CURVE_COLUMNS): ``undefended_whitebox``: PGD on ``model`` alone, worst of CE/margin,
     accuracy of ``model``; ``defended_oblivious``: the same adversarial images (computed on
@@ -374,12 +380,13 @@ def robustness_curve(
         raise AdaptiveError(f"num must be a positive int, got {num!r}")
     if not _is_number(eps_max) or eps_max < 0:
         raise AdaptiveError(f"eps_max must be a number >= 0, got {eps_max!r}")
-    identity = bool(getattr(defense, "is_identity", False))
+    reference = model if undefended_model is None else undefended_model
+    identity = bool(getattr(defense, "is_identity", False)) and reference is model
     device = _device(model)
     rows = []
     for eps in np.linspace(0.0, float(eps_max), num):
         eps = float(eps)
-        undefended = adaptive_pgd(model, None, x, y, eps=eps, steps=steps, seed=seed)
+        undefended = adaptive_pgd(reference, None, x, y, eps=eps, steps=steps, seed=seed)
         if identity:
             oblivious = adaptive = undefended.worst
         else:

@@ -146,11 +146,15 @@ def evaluate(
     known_attacks: Sequence[str],
     holdout: Sequence[str] = (),
     batch_size: int = 256,
+    undefended_model: nn.Module | None = None,
 ) -> RobustnessReport:
     """Oblivious robustness of ``defense`` in front of ``model`` (see the module docstring).
 
     ``x``, ``y``: the clean examples the sets in ``adv_sets`` (attack name -> AdvSet) were made
     from. ``holdout`` attacks must all be in ``adv_sets`` and none may be a known attack.
+    ``undefended_model``: the target model M_t the sets were computed on, for the ``clean`` and
+    ``undefended`` figures, when ``model`` is not M_t (a defense with its own classifier, e.g.
+    adversarial training); default ``model``.
     """
     known, holdout = tuple(known_attacks), tuple(holdout)
     _check_sets(x, y, adv_sets)
@@ -168,13 +172,14 @@ def evaluate(
     y = y.cpu()
     with eval_mode(defense):
         restore = defense.restore
-        clean = accuracy_untargeted(predict(model, x, batch_size=batch_size), y)
+        reference = model if undefended_model is None else undefended_model
+        clean = accuracy_untargeted(predict(reference, x, batch_size=batch_size), y)
         reconstruction = accuracy_untargeted(predict(model, x, transform=restore, batch_size=batch_size), y)
         rows, masks = [], {}
         for name, adv in adv_sets.items():
             target = None if adv.target is None else adv.target.cpu()
             defended_pred = predict(model, adv.x_adv, transform=restore, batch_size=batch_size)
-            undefended_pred = predict(model, adv.x_adv, batch_size=batch_size)
+            undefended_pred = predict(reference, adv.x_adv, batch_size=batch_size)
             rows.append(
                 AttackAccuracy(
                     attack=name,

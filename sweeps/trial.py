@@ -75,6 +75,9 @@ class TrialContext:
     events_path: str | None  # local JSON-lines log of trial starts/epochs/ends (tests, bench)
     finalists: Finalists | None = None
     grid_examples: int = 8
+    # M_t when ``target_model`` is a defense's own classifier (adversarial training): the clean,
+    # undefended and curve-reference figures stay M_t's. None: target_model is M_t.
+    undefended_model: nn.Module | None = None
 
 
 def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tuple[str, ...],
@@ -82,7 +85,8 @@ def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tup
     """addd.evaluate's oblivious metrics on ``split``, named ``{split}/<metric>`` (``val/worst.unknown``, ...).
     ``per_example`` (if given) receives ``oblivious.<attack>.correct`` / ``.excluded`` masks."""
     data: SplitSets = getattr(ctx, split)
-    report = evaluate(defense, ctx.target_model, data.x, data.y, data.adv, known_attacks=known, holdout=ctx.holdout_attacks)
+    report = evaluate(defense, ctx.target_model, data.x, data.y, data.adv, known_attacks=known, holdout=ctx.holdout_attacks,
+                      undefended_model=ctx.undefended_model)
     if per_example is not None:
         for attack, (correct, excluded) in report.masks.items():
             per_example[f"oblivious.{attack}.correct"] = correct.contiguous()
@@ -111,7 +115,7 @@ def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curv
             per_example[f"{row.metric}.correct"] = row.correct.contiguous()
     if curve:
         frame = robustness_curve(ctx.target_model, defense, x, y, eps_max=eps, num=f.curve_points, steps=f.curve_steps or f.steps,
-                                 seed=f.seed)
+                                 seed=f.seed, undefended_model=ctx.undefended_model)
         frame.to_csv(out_dir / CURVE_FILE, index=False)
     return metrics
 

@@ -228,6 +228,29 @@ def test_identity_flag_skips_reattacking_with_the_same_curve(model, examples):
     assert torch.equal(NoDefense().restore(x), x)
 
 
+def test_curve_of_a_defense_with_its_own_classifier_keeps_m_t_as_the_reference(model, examples):
+    """Adversarial training's curve: M_t under white-box PGD, its adversarial images fed to the
+    defense's classifier (transfer), and the white-box attack on that classifier."""
+    x, y = examples
+
+    class OwnClassifier(IdentityDefense):
+        is_identity = True
+
+    torch.manual_seed(1)
+    other = nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 10)).eval()  # an untrained stand-in classifier
+    curve = robustness_curve(other, OwnClassifier(), x, y, eps_max=EPS, num=3, steps=STEPS, seed=0,
+                             undefended_model=model)
+    of_m_t = robustness_curve(model, OwnClassifier(), x, y, eps_max=EPS, num=3, steps=STEPS, seed=0)
+    of_other = robustness_curve(other, OwnClassifier(), x, y, eps_max=EPS, num=3, steps=STEPS, seed=0)
+    assert curve["undefended_whitebox"].tolist() == of_m_t["undefended_whitebox"].tolist()
+    assert (curve["defended_adaptive"] - of_other["defended_adaptive"]).abs().max() <= 2 / N
+    for eps, row in zip(curve["eps"], curve.itertuples()):  # transfer: M_t's images through the other classifier
+        x_adv = adaptive_pgd(model, None, x, y, eps=float(eps), steps=STEPS, seed=0).x_adv
+        both = (other(x_adv["ce"]).argmax(1) == y) & (other(x_adv["margin"]).argmax(1) == y)
+        assert row.defended_oblivious == pytest.approx(both.float().mean().item())
+    assert curve["undefended_whitebox"].tolist() != of_other["undefended_whitebox"].tolist()
+
+
 # (e) seeds and side effects -----------------------------------------------------------------
 
 

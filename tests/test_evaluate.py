@@ -91,6 +91,31 @@ def test_constructed_case_matches_hand_computation():
     assert report.unknown_attacks == ("PGDu", "CWt", "DDNu")
 
 
+class SwapClassifier(nn.Module):
+    """A defense's own classifier (as adversarial training brings one): reads channels 1 and 2 swapped."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(x.flatten(1).argmax(1), 4).float()[:, SWAP]
+
+
+class IdentityRestore(nn.Module):
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def test_clean_and_undefended_stay_the_target_models_when_the_defense_brings_its_own_classifier():
+    """Identity restore + a swapping classifier defends exactly like SwapDefense in front of M_t:
+    the defended figures match, and with undefended_model=M_t so do clean and undefended."""
+    reference, _ = run_constructed(holdout=("DDNu",))
+    kwargs = dict(known_attacks=("PGDt",), holdout=("DDNu",), batch_size=3)
+    own = evaluate(IdentityRestore(), SwapClassifier(), images(Y.tolist()), Y, constructed_sets(),
+                   undefended_model=nn.Flatten(), **kwargs)
+    assert own.to_metrics() == pytest.approx(reference.to_metrics())
+    # without it, "clean" and "undefended" would be the defense's own classifier (mislabelled as M_t)
+    mixed = evaluate(IdentityRestore(), SwapClassifier(), images(Y.tolist()), Y, constructed_sets(), **kwargs).to_metrics()
+    assert mixed["acc.clean"] == pytest.approx(4 / 8) and mixed["acc.undefended.PGDu"] == pytest.approx(7 / 8)
+
+
 def test_frame_has_one_row_per_attack():
     report, _ = run_constructed(holdout=("DDNu",))
     frame = report.to_frame().set_index("attack")
