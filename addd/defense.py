@@ -41,6 +41,10 @@ class NonFiniteLossError(AdddError):
     """A training loss became NaN or infinite; training stopped (the message says what to lower)."""
 
 
+class DefenseError(AdddError):
+    """Bad input to the defense (missing or mis-shaped adversarial examples, non-finite data)."""
+
+
 @dataclass(frozen=True)
 class EpochReport:
     """What one epoch of training produced; handed to the ``fit`` callback."""
@@ -257,15 +261,15 @@ class ADDDefense(nn.Module):
         known = self.config.known_attacks
         missing = [name for name in known if name not in x_adv]
         if missing:
-            raise ValueError(f"x_adv lacks the known attack(s) {missing}; pass examples for each of {list(known)}")
+            raise DefenseError(f"x_adv lacks the known attack(s) {missing}; pass examples for each of {list(known)}")
         for name in known:
             if x_adv[name].shape != x.shape:
-                raise ValueError(f"x_adv[{name!r}] has shape {tuple(x_adv[name].shape)}, expected {tuple(x.shape)} (paired with x)")
+                raise DefenseError(f"x_adv[{name!r}] has shape {tuple(x_adv[name].shape)}, expected {tuple(x.shape)} (paired with x)")
         for name, tensor in [("x", x), *((f"x_adv[{a!r}]", x_adv[a]) for a in known)]:
             if not torch.isfinite(tensor).all():
-                raise ValueError(f"{name} contains NaN or inf values; regenerate or clean the data")
+                raise DefenseError(f"{name} contains NaN or inf values; regenerate or clean the data")
         if y.shape != (x.shape[0],):
-            raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
+            raise DefenseError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
 
         t = self.config.train
         device = torch.device(t.device)

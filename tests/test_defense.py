@@ -7,7 +7,7 @@ import torch
 
 from addd import load_defense
 from addd.config import DefenseConfig, LossConfig, NetworkConfig, TrainConfig, ablation
-from addd.defense import ADDDefense, EpochReport, NonFiniteLossError
+from addd.defense import ADDDefense, DefenseError, EpochReport, NonFiniteLossError
 from addd.networks import latent_dim
 
 SMALL = NetworkConfig(width=0.0625, channels=1)
@@ -153,16 +153,16 @@ def test_fit_rejects_non_finite_inputs():
     x, y, adv = batch(n=16)
     x_bad = adv[0].clone()
     x_bad[0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match=r"x_adv\['PGDu'\] contains NaN"):
+    with pytest.raises(DefenseError, match=r"x_adv\['PGDu'\] contains NaN"):
         ADDDefense(small_config()).fit(x, y, {"PGDu": x_bad, "PGDt": adv[1]})
 
 
 def test_fit_rejects_missing_or_mismatched_attack_examples():
     x, y, adv = batch(n=16)
     defense = ADDDefense(small_config())
-    with pytest.raises(ValueError, match="lacks the known attack"):
+    with pytest.raises(DefenseError, match="lacks the known attack"):
         defense.fit(x, y, {"PGDu": adv[0]})
-    with pytest.raises(ValueError, match="paired with x"):
+    with pytest.raises(DefenseError, match="paired with x"):
         defense.fit(x, y, {"PGDu": adv[0], "PGDt": adv[1][:4]})
 
 
