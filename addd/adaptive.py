@@ -367,9 +367,9 @@ def robustness_curve(
 
     Cost: the adaptive column needs only the worst case, so the margin attack runs on the examples
     the CE attack left correct (same figure, a fraction of the work at the eps where the defense
-    breaks). A defense whose ``restore`` is the identity (``is_identity = True``: no defense,
-    adversarial training) gets the white-box figure in all three columns without re-attacking:
-    ``adaptive_pgd`` through the identity is the white-box PGD on ``model`` (tested).
+    breaks). A defense whose ``restore`` is the identity (``is_identity = True``) in front of
+    the reference model itself (no defense) gets the white-box figure in all three columns without
+    re-attacking: ``adaptive_pgd`` through the identity is the white-box PGD on ``model`` (tested).
     """
     import pandas as pd
 
