@@ -162,20 +162,22 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, cache_
     run_dir = tmp_path / "run"
     budget = 3
     args = ["--space", "digits_ablation", "--smoke", "--no-study", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir),
-            "--num-samples", str(budget)]
+            "--num-samples", str(budget), "--set", "train.epochs=6"]
     total = len(space.variants) * (budget + space.seeds)
     log = open(tmp_path / "first.log", "w")
     first = subprocess.Popen(RUN + args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 400
-        while True:  # kill once some trials have finished and others have not started yet
+        deadline, victim = time.time() + 400, None
+        # kill once a trial is 3 epochs in (ASHA stops most smoke search trials without an "end", so
+        # waiting for a finished one as well would let every trial start): most are still to come
+        while victim is None:
             events = _events(run_dir)
-            # a few trials under way (ASHA stops most search trials without an "end"): most are still to come
-            if sum(e["event"] == "epoch" for e in events) >= 2:
-                break
+            ended = {e["trial_id"] for e in events if e["event"] == "end"}
+            victim = next((e["trial_id"] for e in events if e["event"] == "epoch" and e["epoch"] >= 3
+                           and e["trial_id"] not in ended), None)
             assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-            assert time.time() < deadline, "the first run never trained two epochs"
-            time.sleep(0.2)
+            assert time.time() < deadline, "the first run never trained three epochs"
+            time.sleep(0.1)
         os.kill(first.pid, signal.SIGKILL)  # the driver dies mid-run ...
         first.wait(timeout=60)
     finally:
@@ -201,9 +203,14 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, cache_
     last_epoch = {e["trial_id"]: e["epoch"] for e in before if e["event"] == "end"}
     assert all(e["start_epoch"] == last_epoch[e["trial_id"]] for e in after if e["event"] == "start" and e["trial_id"] in finished)
     resumed = {e["trial_id"]: e["start_epoch"] for e in after if e["event"] == "start"}
-    for trial in (started - finished) & set(resumed):  # interrupted: continue from the last checkpoint
+    # Interrupted: continue from the last checkpoint in Tune's experiment snapshot. Tune writes it at
+    # the end of the step that took a checkpoint, after it let the trial train on, so a driver killed
+    # then loses that last checkpoint too: an "epoch k" event guarantees checkpoint k-2, not k-1.
+    assert victim not in finished and victim in resumed, (victim, finished, resumed)
+    for trial in (started - finished) & set(resumed):
         trained = max([e["epoch"] for e in before if e["trial_id"] == trial and e["event"] == "epoch"], default=0)
-        assert trained - 1 <= resumed[trial] <= trained, (trial, trained, resumed[trial])
+        assert max(0, trained - 2) <= resumed[trial] <= trained, (trial, trained, resumed[trial])
+    assert resumed[victim] >= 1, "the trial 3 epochs in must resume from a checkpoint, not from scratch"
     summary = json.loads((run_dir / "summary.json").read_text())
     for variant, entry in summary["variants"].items():
         assert entry["search"]["trials"] == budget
