@@ -85,12 +85,14 @@ def image_grid(rows: Mapping[str, "torch.Tensor"]) -> plt.Figure:  # noqa: F821
     return figure
 
 
-def restored_grid(tensors: Mapping[str, "torch.Tensor"], attacks: list[str] | None = None) -> plt.Figure:  # noqa: F821
+def restored_grid(tensors: Mapping[str, "torch.Tensor"], attacks: list[str] | None = None,  # noqa: F821
+                  title: str | None = None) -> plt.Figure:
     """Original / adversarial / restored images per attack with the target model's predicted labels.
 
     ``tensors`` as saved by ``sweeps.trial.restored_examples``: ``x``, ``y``, ``pred.x`` and per
     attack ``x_adv.<a>``, ``restored.<a>``, ``pred.x_adv.<a>``, ``pred.restored.<a>``. One row of
     originals, then two rows per attack (adversarial, restored); a wrong prediction is in red.
+    ``title`` (e.g. which defense) goes on a line above the legend line.
 
     Drawn as one montage on one axes: the sweep's driver renders one per trial between trials,
     and a grid of one axes per image took 2.5-6 s there (the next trial waited for it).
@@ -124,8 +126,8 @@ def restored_grid(tensors: Mapping[str, "torch.Tensor"], attacks: list[str] | No
     ax.set_xlim(-pad_x, canvas.shape[1])
     ax.set_ylim(canvas.shape[0], 0)
     ax.axis("off")
-    ax.set_title("predicted label above each image (red: wrong); true labels: " + " ".join(str(int(v)) for v in y),
-                 fontsize=8)
+    legend = "predicted label above each image (red: wrong); true labels: " + " ".join(str(int(v)) for v in y)
+    ax.set_title(legend if title is None else f"{title}\n{legend}", fontsize=8)
     figure.subplots_adjust(left=0.2, right=0.99, top=0.97, bottom=0.01)
     return figure
 

@@ -352,9 +352,8 @@ def build_report(summary: Mapping[str, Any], out_dir: Path, finals_dir: Path | N
             from addd.storage import load_tensors
 
             tensors, _ = load_tensors(images)
-            figure = restored_grid(tensors)
-            figure.suptitle(f"{best['variant']} seed {best['seed']} (best validation objective): original / adversarial / "
-                            f"restored, predicted label above each image (red: wrong)", fontsize=8)
+            figure = restored_grid(tensors, title=f"{best['variant']} seed {best['seed']} (best validation objective): "
+                                                  f"original / adversarial / restored")
             figure.savefig(out_dir / "restored.png", dpi=100)
             plt.close(figure)
             paths.append(out_dir / "restored.png")

@@ -139,9 +139,7 @@ def evaluate_final(defense, ctx, known: tuple[str, ...], seed: int, out_dir: Pat
     if ctx.finalists is not None:
         metrics.update(evaluate_finalist(defense, ctx, out_dir, seed == 0, per_example))
     save_tensors(out_dir / PER_EXAMPLE_FILE, per_example, {"split": "test", "known_attacks": list(known)})
-    if any(True for _ in defense.parameters()):  # restored_examples needs a device from the parameters
-        # cloned: a defense whose restore is the identity returns its input (shared memory)
-        save_tensors(out_dir / IMAGES_FILE, {k: v.clone() for k, v in restored_examples(defense, ctx).items()}, {})
+    save_tensors(out_dir / IMAGES_FILE, restored_examples(defense, ctx), {})
     return metrics
 
 
@@ -345,9 +343,7 @@ def _run_job_alone(job: "Job", ctx, finals_dir: Path) -> tuple[dict[str, Any], b
     import torch
 
     torch.set_num_threads(1)
-    record, fresh = run_job(job, ctx, finals_dir)
-    log.info("study: %s seed %d done", job.name, job.seed)
-    return record, fresh
+    return run_job(job, ctx, finals_dir)
 
 
 def run_study(run_dir: str | Path, *, tracker=None, parent_run_id: str | None = None, n_boot: int = 2000,

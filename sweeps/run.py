@@ -12,7 +12,7 @@ run per trial.
 Examples::
 
     python sweeps/run.py --list-spaces
-    python sweeps/run.py --space digits_ablation              # README quick start: 27 min on 2 CPU cores (17 with --no-study)
+    python sweeps/run.py --space digits_ablation              # README quick start: ~15 min on 2 CPU cores
     python sweeps/run.py --space svhn_ablation --smoke        # any space, tiny, in minutes
     python sweeps/run.py --space svhn_ablation --dry-run      # print the resolved plan only
     python sweeps/run.py --space digits_ablation --resume     # continue an interrupted sweep
