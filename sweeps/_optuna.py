@@ -46,7 +46,7 @@ class TpeSearcher:
 
     Duck-typed for :class:`sweeps.schedule.SweepSchedule`: ``suggest(trial_id) -> params``,
     ``on_trial_result(trial_id, objective, step)`` (an intermediate value per epoch) and
-    ``on_trial_complete(trial_id, objective, state)`` with state ``"complete"``, ``"pruned"``
+    ``on_trial_complete(trial_id, objective, state, step)`` with state ``"complete"``, ``"pruned"``
     (stopped early by ASHA: its partial-training value is an intermediate value, not a result)
     or ``"failed"``. Pickled with the schedule (Ray's searcher state); the study is reopened from
     its storage URL after unpickling, so a resumed sweep continues the same study.
@@ -57,6 +57,7 @@ class TpeSearcher:
         self.url, self.study_name, self.seed, self.startup_trials = url, study_name, seed, startup_trials
         self.search = dict(search)
         self._trials: dict[str, int] = {}  # Ray trial id -> Optuna storage trial id
+        self._last_step: dict[str, int] = {}  # Ray trial id -> the last epoch reported as an intermediate value
         study = self._open()
         if first_point is not None and not study.trials:  # a new study: try the paper's point first
             given = {k: v for k, v in first_point.items() if k in search and _inside(search[k], v)}
@@ -78,6 +79,7 @@ class TpeSearcher:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_last_step", {})  # a searcher pickled before it kept steps
         self._study = None
 
     def _trial(self, trial_id: str):
@@ -96,15 +98,23 @@ class TpeSearcher:
 
     def on_trial_result(self, trial_id: str, objective: float, step: int) -> None:
         if trial_id in self._trials and math.isfinite(objective):
-            self._trial(trial_id).report(objective, step)
+            if step > self._last_step.get(trial_id, 0):
+                self._trial(trial_id).report(objective, step)
+                self._last_step[trial_id] = step
 
-    def on_trial_complete(self, trial_id: str, objective: float | None, state: str) -> None:
+    def on_trial_complete(self, trial_id: str, objective: float | None, state: str, step: int | None = None) -> None:
+        """``step``: the epoch of the last result. Ray hands a trial's last result to this call
+        only (not to ``on_trial_result``), so it is recorded here as the last intermediate value:
+        the dashboard's intermediate plot then ends at the trial's last epoch."""
         from optuna.trial import TrialState
 
         if trial_id not in self._trials:
             return
         study = self._open()
         trial = self._trial(trial_id)
+        if step is not None and objective is not None and state in ("complete", "pruned"):
+            self.on_trial_result(trial_id, objective, step)
+        self._last_step.pop(trial_id, None)
         if state == "complete" and objective is not None and math.isfinite(objective):
             study.tell(trial, objective, skip_if_finished=True)
         else:

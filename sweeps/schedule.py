@@ -115,7 +115,8 @@ class SweepSchedule:
             v.stopped_early += 1
         else:
             state = "complete"
-        v.searcher.on_trial_complete(trial_id, float(score) if is_finite(score) else None, state)
+        v.searcher.on_trial_complete(trial_id, float(score) if is_finite(score) else None, state,
+                                     step=int(result[EPOCH]) if EPOCH in result else None)
         v.finished += 1
         if state == "complete" and score > v.best_score:
             v.best_score, v.best_spec = float(score), spec

@@ -58,3 +58,19 @@ def test_a_restored_searcher_continues_the_same_study(tmp_path):
     assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "RUNNING"]
     assert study.trials[1].intermediate_values == {1: 0.4}
     assert again is not None and len(study.trials) == 3
+
+
+def test_a_complete_trial_records_its_last_epoch_as_an_intermediate_value(tmp_path):
+    """Ray hands a trial's last result to on_trial_complete only: the study must still hold every epoch."""
+    schedule = SweepSchedule([VariantSearch("full", _searcher(tmp_path), {"train.epochs": 2}, budget=2, seeds=0)],
+                             metric="objective")
+    schedule.suggest("a"), schedule.suggest("b")
+    schedule.on_trial_result("a", {"objective": 0.2, "epoch": 1})
+    schedule.on_trial_complete("a", {"objective": 0.35, "epoch": 2})  # complete: its epoch-2 result came only here
+    schedule.on_trial_result("b", {"objective": 0.1, "epoch": 1})
+    schedule.on_trial_result("b", {"objective": 0.15, "epoch": 2})  # told twice: recorded once, no warning
+    schedule.on_trial_complete("b", {"objective": 0.15, "epoch": 2})
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.trials[0].intermediate_values == {1: 0.2, 2: 0.35}
+    assert study.trials[0].value == pytest.approx(0.35)
+    assert study.trials[1].intermediate_values == {1: 0.1, 2: 0.15}

@@ -121,7 +121,7 @@ class _FakeSearcher:
     def on_trial_result(self, trial_id, objective, step):
         self.told.setdefault(("results", trial_id), []).append((objective, step))
 
-    def on_trial_complete(self, trial_id, objective, state):
+    def on_trial_complete(self, trial_id, objective, state, step=None):
         self.told[trial_id] = (objective, state)
 
 
