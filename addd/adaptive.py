@@ -58,7 +58,7 @@ from torch import nn
 from addd import _advertorch
 from addd.errors import AdddError
 from addd.attacks import seeded
-from addd.inference import eval_mode, frozen, predict
+from addd.inference import Pipeline, eval_mode, frozen, predict
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -237,19 +237,10 @@ def adaptive_worst(model: nn.Module, restore: Any, x: torch.Tensor, y: torch.Ten
     return worst
 
 
-class _Pipeline(nn.Module):
-    def __init__(self, model: nn.Module, restore: Restore):
-        super().__init__()
-        self.model, self._restore = model, restore
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self._restore(x))
-
-
 def _pgd(model, restore, x, y, *, loss, eps, steps, step_size, rand_init, seed, batch_size, device) -> torch.Tensor:
     if eps == 0:
         return x.detach().clone()  # the eps-ball is {x}
-    predict = model if restore is None else _Pipeline(model, restore)
+    predict = model if restore is None else Pipeline(restore, model)
     chunks = []
     with seeded(seed, device), torch.enable_grad():
         for begin in range(0, len(x), batch_size):
