@@ -17,6 +17,9 @@ PGD gives 0.000 at eps 0.15. Every oblivious figure should have an adaptive one 
 - :func:`robustness_curve`: L∞ accuracy against eps for the undefended model (white-box), the
   defended pipeline under oblivious PGD and under adaptive PGD.
 
+- :func:`pgd_linf`: the library's one L∞ PGD (one loss, untargeted or targeted, seeded), which
+  the two above and adversarial training's online examples (addd.baselines) run.
+
 Implementation: advertorch's ``LinfPGDAttack`` (through addd/_advertorch.py) with the pipeline
 as its ``predict`` and our ``loss_fn``. Its step is ``loss(predict(x + delta)).backward()`` on
 ``delta``, i.e. plain autograd through ``restore``: the true gradient of the whole pipeline. It is
@@ -237,7 +240,45 @@ def adaptive_worst(model: nn.Module, restore: Any, x: torch.Tensor, y: torch.Ten
     return worst
 
 
-def _pgd(model, restore, x, y, *, loss, eps, steps, step_size, rand_init, seed, batch_size, device) -> torch.Tensor:
+def pgd_linf(
+    model: nn.Module,
+    restore: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    loss: str = "ce",
+    rand_init: bool = True,
+    targeted: bool = False,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The library's one L∞ PGD on ``model(restore(x))`` (``restore`` None: ``model`` alone), used
+    by :func:`adaptive_pgd`, :func:`adaptive_worst` and the online examples of adversarial training.
+
+    ``loss``: "ce" or "margin" (see LOSSES); ``y``: the true labels, or the targets when
+    ``targeted`` (then the loss is lowered instead of raised); random start in the eps-ball drawn
+    from ``seed`` (the caller's RNG state is left alone); ``steps`` steps of ``step_size``; images
+    clipped to [0, 1]. Modules are in eval mode with frozen parameters while attacking, restored
+    afterwards. Returns x_adv (detached, on x's device).
+
+    It runs advertorch's LinfPGDAttack, the implementation of the oblivious PGDu/PGDt sets of
+    addd.attacks; those keep their own call (``run_attack``) because the adversarial-example cache
+    keys and stores exactly its parameters and output, but it is the same PGD code.
+    """
+    restore_fn, modules = _resolve(model, restore)
+    _check(x, y, eps=eps, steps=steps, seed=seed, batch_size=batch_size)
+    if loss not in LOSSES:
+        raise AdaptiveError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+    with _attack_state(modules):
+        return _pgd(model, restore_fn, x, y, loss=loss, eps=float(eps), steps=steps, step_size=step_size,
+                    rand_init=rand_init, seed=seed, batch_size=batch_size, device=_device(model), targeted=targeted)
+
+
+def _pgd(model, restore, x, y, *, loss, eps, steps, step_size, rand_init, seed, batch_size, device,
+         targeted=False) -> torch.Tensor:
     if eps == 0:
         return x.detach().clone()  # the eps-ball is {x}
     predict = model if restore is None else Pipeline(restore, model)
@@ -247,7 +288,7 @@ def _pgd(model, restore, x, y, *, loss, eps, steps, step_size, rand_init, seed, 
             x_batch = x[begin:begin + batch_size].detach().to(device).clone()
             y_batch = y[begin:begin + batch_size].detach().to(device)
             x_batch_adv, _ = _advertorch.perturb(
-                "PGD", predict, x_batch, y_batch, targeted=False, loss_fn=_loss_fn(loss), eps=eps,
+                "PGD", predict, x_batch, y_batch, targeted=targeted, loss_fn=_loss_fn(loss), eps=eps,
                 nb_iter=steps, eps_iter=step_size, rand_init=rand_init,
             )
             chunks.append(x_batch_adv)

@@ -43,6 +43,7 @@ from addd.config import NetworkConfig
 from addd.networks import Encoder, Generator, ImageDiscriminator
 from addd.storage import StorageError, load_tensors, save_tensors
 from addd.architectures import DEFAULT_ARCH, arch_kwargs_for, build_target_model
+from addd.adaptive import pgd_linf
 from addd.inference import frozen
 from addd.training import EpochReport, TrainingRun, TrainingState, check_finite, check_training_data, run_epochs
 
@@ -416,47 +417,17 @@ class AdversarialTrainingConfig:
         }
 
 
-def pgd_linf(
-    model: nn.Module,
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    eps: float,
-    eps_iter: float,
-    steps: int,
-    rand_init: bool = True,
-    targeted: bool = False,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """L∞ PGD (Madry et al.) on ``model`` as it is (mode untouched): ``labels`` are the true
-    labels (untargeted: raise their loss) or the targets (targeted: lower theirs). Only the input
-    gets gradients; the model's .grad fields are left alone. Returns detached x_adv in [0, 1]."""
-    x = x.detach()
-    if rand_init:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
-    else:
-        x_adv = x.clone()
-    sign = -1.0 if targeted else 1.0
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), labels)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        with torch.no_grad():
-            x_adv = x_adv + sign * eps_iter * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
-
-
 class AdversarialTraining(nn.Module):
     """Def-adv baseline (paper Fig 1): M_t's architecture trained from scratch on clean and
     adversarial examples of the known attacks; ``restore`` is the identity.
 
     Adversarial examples (our choice):
     - PGD family (PGDu, PGDt): generated ONLINE each batch against the current model, Madry
-      style, with the dataset's PGD parameters from addd.attacks (eps, random start, step rule
+      style, by the library's one PGD (``addd.adaptive.pgd_linf``, advertorch's LinfPGDAttack)
+      with the dataset's PGD parameters from addd.attacks (eps, random start, step rule
       eps_iter = 2.5 eps / steps, target class) but ``pgd_steps`` iterations (default 10 instead
-      of 40, to keep training cost ~11x a clean epoch). The model is in eval mode while
+      of 40, to keep training cost ~11x a clean epoch); each batch's random start is seeded
+      from the fit's ``noise`` generator, so a resumed fit draws the same starts. The model is in eval mode while
       attacking (batch-norm statistics and dropout are not disturbed by the attack).
     - Every other known attack (CW, DDN, LS, BA, ST, AutoAttack): the precomputed oblivious sets
       passed in ``x_adv`` (computed once against M_t, as ADD-Defense and APE-GAN get them) are
@@ -549,9 +520,10 @@ class AdversarialTraining(nn.Module):
             if name in pgd:
                 s = pgd[name]
                 labels = y_batch if s["target"] is None else torch.full_like(y_batch, s["target"])
+                seed = int(torch.randint(0, 2**31 - 1, (1,), generator=noise, device=noise.device))
                 inputs[f"adv_{name}"] = pgd_linf(
-                    model, x_clean, labels, eps=s["eps"], eps_iter=s["eps_iter"], steps=s["steps"],
-                    rand_init=s["rand_init"], targeted=s["target"] is not None, generator=noise,
+                    model, None, x_clean, labels, eps=s["eps"], step_size=s["eps_iter"], steps=s["steps"],
+                    rand_init=s["rand_init"], targeted=s["target"] is not None, seed=seed, batch_size=len(x_clean),
                 )
             else:
                 inputs[f"adv_{name}"] = static_batches[name]
