@@ -17,6 +17,9 @@ PGD gives 0.000 at eps 0.15. Every oblivious figure should have an adaptive one 
 - :func:`robustness_curve`: L∞ accuracy against eps for the undefended model (white-box), the
   defended pipeline under oblivious PGD and under adaptive PGD.
 
+- :func:`pgd_linf`: the library's one L∞ PGD (one loss, untargeted or targeted, seeded), which
+  the two above and adversarial training's online examples (addd.baselines) run.
+
 Implementation: advertorch's ``LinfPGDAttack`` (through addd/_advertorch.py) with the pipeline
 as its ``predict`` and our ``loss_fn``. Its step is ``loss(predict(x + delta)).backward()`` on
 ``delta``, i.e. plain autograd through ``restore``: the true gradient of the whole pipeline. It is
@@ -58,7 +61,7 @@ from torch import nn
 from addd import _advertorch
 from addd.errors import AdddError
 from addd.attacks import seeded
-from addd.inference import eval_mode, frozen, predict
+from addd.inference import Pipeline, eval_mode, frozen, predict
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -237,26 +240,55 @@ def adaptive_worst(model: nn.Module, restore: Any, x: torch.Tensor, y: torch.Ten
     return worst
 
 
-class _Pipeline(nn.Module):
-    def __init__(self, model: nn.Module, restore: Restore):
-        super().__init__()
-        self.model, self._restore = model, restore
+def pgd_linf(
+    model: nn.Module,
+    restore: Any,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    steps: int,
+    step_size: float,
+    loss: str = "ce",
+    rand_init: bool = True,
+    targeted: bool = False,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """The library's one L∞ PGD on ``model(restore(x))`` (``restore`` None: ``model`` alone), used
+    by :func:`adaptive_pgd`, :func:`adaptive_worst` and the online examples of adversarial training.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self._restore(x))
+    ``loss``: "ce" or "margin" (see LOSSES); ``y``: the true labels, or the targets when
+    ``targeted`` (then the loss is lowered instead of raised); random start in the eps-ball drawn
+    from ``seed`` (the caller's RNG state is left alone); ``steps`` steps of ``step_size``; images
+    clipped to [0, 1]. Modules are in eval mode with frozen parameters while attacking, restored
+    afterwards. Returns x_adv (detached, on x's device).
+
+    It runs advertorch's LinfPGDAttack, the implementation of the oblivious PGDu/PGDt sets of
+    addd.attacks; those keep their own call (``run_attack``) because the adversarial-example cache
+    keys and stores exactly its parameters and output, but it is the same PGD code.
+    """
+    restore_fn, modules = _resolve(model, restore)
+    _check(x, y, eps=eps, steps=steps, seed=seed, batch_size=batch_size)
+    if loss not in LOSSES:
+        raise AdaptiveError(f"unknown loss {loss!r}; valid: {', '.join(LOSSES)}")
+    with _attack_state(modules):
+        return _pgd(model, restore_fn, x, y, loss=loss, eps=float(eps), steps=steps, step_size=step_size,
+                    rand_init=rand_init, seed=seed, batch_size=batch_size, device=_device(model), targeted=targeted)
 
 
-def _pgd(model, restore, x, y, *, loss, eps, steps, step_size, rand_init, seed, batch_size, device) -> torch.Tensor:
+def _pgd(model, restore, x, y, *, loss, eps, steps, step_size, rand_init, seed, batch_size, device,
+         targeted=False) -> torch.Tensor:
     if eps == 0:
         return x.detach().clone()  # the eps-ball is {x}
-    predict = model if restore is None else _Pipeline(model, restore)
+    predict = model if restore is None else Pipeline(restore, model)
     chunks = []
     with seeded(seed, device), torch.enable_grad():
         for begin in range(0, len(x), batch_size):
             x_batch = x[begin:begin + batch_size].detach().to(device).clone()
             y_batch = y[begin:begin + batch_size].detach().to(device)
             x_batch_adv, _ = _advertorch.perturb(
-                "PGD", predict, x_batch, y_batch, targeted=False, loss_fn=_loss_fn(loss), eps=eps,
+                "PGD", predict, x_batch, y_batch, targeted=targeted, loss_fn=_loss_fn(loss), eps=eps,
                 nb_iter=steps, eps_iter=step_size, rand_init=rand_init,
             )
             chunks.append(x_batch_adv)

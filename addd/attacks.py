@@ -32,7 +32,7 @@ from torch import nn
 from addd import _advertorch, _autoattack, _foolbox
 from addd.attack_names import ADAPTIVE_ATTACK_NAMES, ATTACK_NAMES, DEFAULT_TARGET_CLASS
 from addd.errors import AdddError
-from addd.inference import frozen
+from addd.inference import Pipeline, frozen
 
 logger = logging.getLogger(__name__)
 
@@ -337,18 +337,6 @@ def run_attack(
                 overrides=overrides)
 
 
-class _Pipeline(nn.Module):
-    """model(restore(x)): the defended classifier an adaptive attack sees."""
-
-    def __init__(self, restore: Callable[[torch.Tensor], torch.Tensor], model: nn.Module):
-        super().__init__()
-        self.restore, self.model = restore, model
-        self.training = False  # only this wrapper: model and defense keep the mode they came in
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.restore(x))
-
-
 def run_adaptive_attack(
     name: str,
     model: nn.Module,
@@ -374,7 +362,7 @@ def run_adaptive_attack(
         defense.to(device)
         _warn_if_training(defense)
     restore = _advertorch.bpda_identity(defense.restore) if name == "BPDA" else defense.restore
-    pipeline = _Pipeline(restore, model)
+    pipeline = Pipeline(restore, model)
     with frozen(defense) if is_module else contextlib.nullcontext():
         return _run(name, pipeline, x, y, dataset=dataset, budget=budget, seed=seed, device=device,
                     overrides=overrides)

@@ -28,9 +28,7 @@ set ``torch.backends.cudnn.deterministic = True`` where bit-exact results matter
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -42,15 +40,14 @@ from torch import nn
 from addd import losses
 from addd.attacks import ATTACK_NAMES, ATTACKS, attack_params
 from addd.config import NetworkConfig
-from addd.defense import EpochReport, NonFiniteLossError
 from addd.networks import Encoder, Generator, ImageDiscriminator
 from addd.storage import StorageError, load_tensors, save_tensors
 from addd.architectures import DEFAULT_ARCH, arch_kwargs_for, build_target_model
+from addd.adaptive import pgd_linf
 from addd.inference import frozen
+from addd.training import EpochReport, TrainingRun, TrainingState, check_finite, check_training_data, run_epochs
 
 from addd.errors import AdddError as _ErrorBase
-
-log = logging.getLogger(__name__)
 
 APEGAN_FORMAT = "addd-apegan/1"
 ADV_TRAINING_FORMAT = "addd-adv-training/1"
@@ -91,30 +88,26 @@ def _check_common(cfg: Any) -> None:
     _check(cfg.channels in (1, 3), f"channels must be 1 or 3, got {cfg.channels!r}")
 
 
-def _check_training_data(x: torch.Tensor, y: torch.Tensor, x_adv: Mapping[str, torch.Tensor], needed: Sequence[str]) -> None:
-    _check(x.dim() == 4 and x.dtype == torch.float32, f"x must be float32 (N, C, H, W), got {x.dtype} {tuple(x.shape)}")
-    _check(y.shape == (x.shape[0],), f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    _check(x.shape[0] >= 2, f"need at least 2 training examples, got {x.shape[0]}")
-    missing = [name for name in needed if name not in x_adv]
-    _check(not missing, f"x_adv lacks the known attack(s) {missing}; pass examples for each of {list(needed)}")
-    for name in needed:
-        _check(
-            x_adv[name].shape == x.shape,
-            f"x_adv[{name!r}] has shape {tuple(x_adv[name].shape)}, expected {tuple(x.shape)} (paired with x)",
-        )
-    for name, tensor in [("x", x), *((f"x_adv[{a!r}]", x_adv[a]) for a in needed)]:
-        _check(bool(torch.isfinite(tensor).all()), f"{name} contains NaN or inf values; regenerate or clean the data")
-
-
-def _check_finite(values: Mapping[str, torch.Tensor], epoch: int, step: int) -> None:
-    bad = {name: float(v.detach()) for name, v in values.items() if not torch.isfinite(v).all()}
-    if bad:
-        raise NonFiniteLossError(f"epoch {epoch}, step {step}: non-finite loss {bad}; lower lr or the loss weights")
-
-
 def _adam(params: Sequence[nn.Parameter], lr: float, device: torch.device) -> torch.optim.Optimizer:
     # Same optimiser settings as ADDDefense (Adam, beta1 0.5, fused kernel).
     return torch.optim.Adam(list(params), lr=lr, betas=(0.5, 0.999), fused=device.type in ("cpu", "cuda"))
+
+
+def _start_run(model: nn.Module, optimizers: dict[str, torch.optim.Optimizer], generators: dict[str, torch.Generator],
+               resume_state: TrainingState | None) -> TrainingRun:
+    """The TrainingRun of a baseline's fit (shuffled with its seed), resumed from ``resume_state``."""
+    run = TrainingRun(optimizers, {"shuffle": torch.Generator().manual_seed(model.config.seed), **generators})
+    if resume_state is not None:
+        run.resume(resume_state)
+    model._training = run
+    return run
+
+
+def _run_state(model: nn.Module) -> TrainingState:
+    run = getattr(model, "_training", None)
+    if run is None:
+        raise RuntimeError("optimizer_state() needs a fit() first: no optimiser exists yet")
+    return run.state()
 
 
 def _history_metadata(history: Sequence[EpochReport]) -> list[dict[str, Any]]:
@@ -161,38 +154,6 @@ def _load_checked(path: str | Path, expected_format: str) -> tuple[dict[str, tor
     if metadata.get("format") != expected_format:
         raise StorageError(f"{path} is not a {expected_format} checkpoint (format {metadata.get('format')!r})")
     return tensors, metadata
-
-
-def _run_epochs(
-    model: nn.Module,
-    n: int,
-    batch_size: int,
-    epochs: int,
-    seed: int,
-    step: Callable[[torch.Tensor, int, int], dict[str, float]],
-    callback: Callable[[EpochReport, Any], Any] | None,
-) -> list[EpochReport]:
-    """Shared epoch loop: seeded shuffling, last partial batch dropped (as ADDDefense.fit),
-    mean losses per epoch, ``callback(report, model)`` after each (False stops)."""
-    shuffle = torch.Generator().manual_seed(seed)
-    batch = min(batch_size, n)
-    reports: list[EpochReport] = []
-    for epoch in range(1, epochs + 1):
-        start, sums, steps = time.perf_counter(), {}, 0
-        order = torch.randperm(n, generator=shuffle)
-        for begin in range(0, n - batch + 1, batch):
-            values = step(order[begin : begin + batch], epoch, steps + 1)
-            for name, value in values.items():
-                sums[name] = sums.get(name, 0.0) + value
-            steps += 1
-        report = EpochReport(epoch, {k: v / steps for k, v in sums.items()}, time.perf_counter() - start, steps)
-        reports.append(report)
-        model.history.append(report)
-        log.info("%s epoch %d: %s (%.1fs)", type(model).__name__, epoch,
-                 " ".join(f"{k}={v:.4g}" for k, v in report.losses.items()), report.seconds)
-        if callback is not None and callback(report, model) is False:
-            break
-    return reports
 
 
 # ============================================================================ protocol
@@ -329,48 +290,60 @@ class APEGAN(nn.Module):
         x_adv: Mapping[str, torch.Tensor],
         callback: Callable[[EpochReport, "APEGAN"], Any] | None = None,
         epochs: int | None = None,
+        resume_state: TrainingState | None = None,
     ) -> list[EpochReport]:
         """Train on clean ``x`` (N, C, H, W) and ``x_adv[name]`` (paired with x) for every known
-        attack. ``y`` is checked but unused (APE-GAN has no label loss). Raises
-        NonFiniteLossError as soon as a loss is NaN/inf."""
+        attack (addd.training's loop, checks and resuming). ``y`` is checked but unused (APE-GAN
+        has no label loss). Raises NonFiniteLossError as soon as a loss is NaN/inf."""
         cfg = self.config
-        _check_training_data(x, y, x_adv, cfg.known_attacks)
+        check_training_data(x, y, x_adv, cfg.known_attacks, BaselineError)
         device = torch.device(cfg.device)
         self.to(device).train()
         opt_g = _adam(self.generator.parameters(), cfg.lr, device)
         opt_d = _adam(self.discriminator.parameters(), cfg.lr, device)
-        adversarial = [x_adv[name] for name in cfg.known_attacks]
+        run = _start_run(self, {"generator": opt_g, "discriminator": opt_d}, {}, resume_state)
 
-        def step(idx: torch.Tensor, epoch: int, number: int) -> dict[str, float]:
-            x_clean = x[idx].to(device)
-            inputs = torch.cat([x_clean, *(a[idx].to(device) for a in adversarial)])
-            restored = self.generator(inputs)
-            values: dict[str, torch.Tensor] = {}
-            if cfg.adv_weight > 0:
-                logits = self.discriminator(torch.cat([x_clean, restored.detach()]))
-                real, fake = logits.split([len(x_clean), len(restored)])
-                values["di"] = losses.image_discriminator_loss(real, fake)
-                _check_finite(values, epoch, number)
-                opt_d.zero_grad(set_to_none=True)
-                values["di"].backward()
-                opt_d.step()
-            with frozen(self.discriminator):
-                values["mse"] = losses.reconstruction_loss(restored, x_clean.repeat(1 + len(adversarial), 1, 1, 1))
-                total = cfg.mse_weight * values["mse"]
-                if cfg.adv_weight > 0:
-                    values["adv"] = losses.image_generator_loss(self.discriminator(restored))
-                    total = total + cfg.adv_weight * values["adv"]
-                values["total"] = total
-                _check_finite(values, epoch, number)
-                opt_g.zero_grad(set_to_none=True)
-                total.backward()
-            opt_g.step()
-            return {name: v.item() for name, v in values.items()}
+        def step(batch: list[torch.Tensor]) -> dict[str, float]:
+            x_clean, _, *adversarial = batch
+            return self._step(opt_g, opt_d, x_clean, adversarial)
 
+        data = [x, y, *(x_adv[name] for name in cfg.known_attacks)]
         try:
-            return _run_epochs(self, len(x), cfg.batch_size, epochs or cfg.epochs, cfg.seed, step, callback)
+            return run_epochs(self, data, step, run=run, batch_size=cfg.batch_size, epochs=epochs or cfg.epochs,
+                              device=device, callback=callback)
         finally:
             self.eval()
+
+    def _step(self, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer, x_clean: torch.Tensor,
+              adversarial: Sequence[torch.Tensor]) -> dict[str, float]:
+        """One update on a batch: the discriminator first, then the generator against it, frozen."""
+        cfg = self.config
+        restored = self.generator(torch.cat([x_clean, *adversarial]))
+        values: dict[str, torch.Tensor] = {}
+        if cfg.adv_weight > 0:
+            logits = self.discriminator(torch.cat([x_clean, restored.detach()]))
+            real, fake = logits.split([len(x_clean), len(restored)])
+            values["di"] = losses.image_discriminator_loss(real, fake)
+            check_finite(values)
+            opt_d.zero_grad(set_to_none=True)
+            values["di"].backward()
+            opt_d.step()
+        with frozen(self.discriminator):
+            values["mse"] = losses.reconstruction_loss(restored, x_clean.repeat(1 + len(adversarial), 1, 1, 1))
+            total = cfg.mse_weight * values["mse"]
+            if cfg.adv_weight > 0:
+                values["adv"] = losses.image_generator_loss(self.discriminator(restored))
+                total = total + cfg.adv_weight * values["adv"]
+            values["total"] = total
+            check_finite(values)
+            opt_g.zero_grad(set_to_none=True)
+            total.backward()
+        opt_g.step()
+        return {name: v.item() for name, v in values.items()}
+
+    def optimizer_state(self) -> TrainingState:
+        """The optimisers' and RNGs' state of the last ``fit``, for ``fit(..., resume_state=...)``."""
+        return _run_state(self)
 
     # --------------------------------------------------------------- persistence
     def save(self, path: str | Path, extra_metadata: Mapping[str, object] | None = None) -> Path:
@@ -444,47 +417,17 @@ class AdversarialTrainingConfig:
         }
 
 
-def pgd_linf(
-    model: nn.Module,
-    x: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    eps: float,
-    eps_iter: float,
-    steps: int,
-    rand_init: bool = True,
-    targeted: bool = False,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """L∞ PGD (Madry et al.) on ``model`` as it is (mode untouched): ``labels`` are the true
-    labels (untargeted: raise their loss) or the targets (targeted: lower theirs). Only the input
-    gets gradients; the model's .grad fields are left alone. Returns detached x_adv in [0, 1]."""
-    x = x.detach()
-    if rand_init:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = (x + (2 * noise - 1) * eps).clamp(0, 1)
-    else:
-        x_adv = x.clone()
-    sign = -1.0 if targeted else 1.0
-    for _ in range(steps):
-        x_adv.requires_grad_(True)
-        loss = F.cross_entropy(model(x_adv), labels)
-        (grad,) = torch.autograd.grad(loss, x_adv)
-        with torch.no_grad():
-            x_adv = x_adv + sign * eps_iter * grad.sign()
-            x_adv = torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0, 1)
-    return x_adv.detach()
-
-
 class AdversarialTraining(nn.Module):
     """Def-adv baseline (paper Fig 1): M_t's architecture trained from scratch on clean and
     adversarial examples of the known attacks; ``restore`` is the identity.
 
     Adversarial examples (our choice):
     - PGD family (PGDu, PGDt): generated ONLINE each batch against the current model, Madry
-      style, with the dataset's PGD parameters from addd.attacks (eps, random start, step rule
+      style, by the library's one PGD (``addd.adaptive.pgd_linf``, advertorch's LinfPGDAttack)
+      with the dataset's PGD parameters from addd.attacks (eps, random start, step rule
       eps_iter = 2.5 eps / steps, target class) but ``pgd_steps`` iterations (default 10 instead
-      of 40, to keep training cost ~11x a clean epoch). The model is in eval mode while
+      of 40, to keep training cost ~11x a clean epoch); each batch's random start is seeded
+      from the fit's ``noise`` generator, so a resumed fit draws the same starts. The model is in eval mode while
       attacking (batch-norm statistics and dropout are not disturbed by the attack).
     - Every other known attack (CW, DDN, LS, BA, ST, AutoAttack): the precomputed oblivious sets
       passed in ``x_adv`` (computed once against M_t, as ADD-Defense and APE-GAN get them) are
@@ -531,50 +474,65 @@ class AdversarialTraining(nn.Module):
         x_adv: Mapping[str, torch.Tensor] | None = None,
         callback: Callable[[EpochReport, "AdversarialTraining"], Any] | None = None,
         epochs: int | None = None,
+        resume_state: TrainingState | None = None,
     ) -> list[EpochReport]:
         """Train on clean ``x`` (N, C, H, W), labels ``y`` (N,), online PGD examples and, for
         each non-PGD known attack, ``x_adv[name]`` paired with x (PGD entries of x_adv are not
-        needed and are ignored). Losses reported: ``clean``, ``adv_<name>`` per known attack,
-        ``total``. Raises NonFiniteLossError on a NaN/inf loss."""
+        needed and are ignored), in addd.training's loop. Losses reported: ``clean``,
+        ``adv_<name>`` per known attack, ``total``. Raises NonFiniteLossError on a NaN/inf loss."""
         cfg = self.config
         x_adv = x_adv or {}
-        _check_training_data(x, y, x_adv, self.static_attacks)
+        check_training_data(x, y, x_adv, self.static_attacks, BaselineError)
         device = torch.device(cfg.device)
-        model = self.classifier.to(device)
-        optimizer = _adam(model.parameters(), cfg.lr, device)
-        pgd = {name: cfg.pgd_settings(name) for name in self.online_attacks}
+        optimizer = _adam(self.classifier.to(device).parameters(), cfg.lr, device)
         noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        run = _start_run(self, {"main": optimizer}, {"noise": noise}, resume_state)
+        pgd = {name: cfg.pgd_settings(name) for name in self.online_attacks}
 
-        def step(idx: torch.Tensor, epoch: int, number: int) -> dict[str, float]:
-            x_clean, y_batch = x[idx].to(device), y[idx].to(device)
-            inputs = {"clean": x_clean}
-            model.eval()
-            for name in cfg.known_attacks:
-                if name in pgd:
-                    s = pgd[name]
-                    labels = y_batch if s["target"] is None else torch.full_like(y_batch, s["target"])
-                    inputs[f"adv_{name}"] = pgd_linf(
-                        model, x_clean, labels, eps=s["eps"], eps_iter=s["eps_iter"], steps=s["steps"],
-                        rand_init=s["rand_init"], targeted=s["target"] is not None, generator=noise,
-                    )
-                else:
-                    inputs[f"adv_{name}"] = x_adv[name][idx].to(device)
-            model.train()
-            logits = model(torch.cat(list(inputs.values())))
-            values = {
-                key: F.cross_entropy(part, y_batch) for key, part in zip(inputs, logits.split(len(x_clean)))
-            }
+        def step(batch: list[torch.Tensor]) -> dict[str, float]:
+            x_clean, y_batch, *static = batch
+            inputs = {"clean": x_clean, **self._adversarial_inputs(x_clean, y_batch, static, pgd, noise)}
+            logits = self.classifier(torch.cat(list(inputs.values())))
+            values = {key: F.cross_entropy(part, y_batch) for key, part in zip(inputs, logits.split(len(x_clean)))}
             values["total"] = torch.stack(list(values.values())).mean()
-            _check_finite(values, epoch, number)
+            check_finite(values)
             optimizer.zero_grad(set_to_none=True)
             values["total"].backward()
             optimizer.step()
             return {key: v.item() for key, v in values.items()}
 
+        data = [x, y, *(x_adv[name] for name in self.static_attacks)]
         try:
-            return _run_epochs(self, len(x), cfg.batch_size, epochs or cfg.epochs, cfg.seed, step, callback)
+            return run_epochs(self, data, step, run=run, batch_size=cfg.batch_size, epochs=epochs or cfg.epochs,
+                              device=device, callback=callback)
         finally:
             self.eval()
+
+    def _adversarial_inputs(self, x_clean: torch.Tensor, y_batch: torch.Tensor, static: Sequence[torch.Tensor],
+                            pgd: Mapping[str, Mapping[str, Any]], noise: torch.Generator) -> dict[str, torch.Tensor]:
+        """``adv_<name>`` -> the batch's examples of each known attack, in the config's order:
+        online PGD against the current model (in eval mode), or the static set's batch. Leaves
+        the model in training mode."""
+        model, static_batches = self.classifier, dict(zip(self.static_attacks, static))
+        inputs = {}
+        model.eval()
+        for name in self.config.known_attacks:
+            if name in pgd:
+                s = pgd[name]
+                labels = y_batch if s["target"] is None else torch.full_like(y_batch, s["target"])
+                seed = int(torch.randint(0, 2**31 - 1, (1,), generator=noise, device=noise.device))
+                inputs[f"adv_{name}"] = pgd_linf(
+                    model, None, x_clean, labels, eps=s["eps"], step_size=s["eps_iter"], steps=s["steps"],
+                    rand_init=s["rand_init"], targeted=s["target"] is not None, seed=seed, batch_size=len(x_clean),
+                )
+            else:
+                inputs[f"adv_{name}"] = static_batches[name]
+        model.train()
+        return inputs
+
+    def optimizer_state(self) -> TrainingState:
+        """The optimiser's and RNGs' state of the last ``fit``, for ``fit(..., resume_state=...)``."""
+        return _run_state(self)
 
     def save(self, path: str | Path, extra_metadata: Mapping[str, object] | None = None) -> Path:
         """Weights and config in one safetensors file (atomic); returns the path."""

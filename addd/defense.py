@@ -14,13 +14,9 @@ differentiable, for adaptive attacks).
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -31,31 +27,22 @@ from addd.errors import AdddError
 from addd.inference import frozen
 from addd.networks import Encoder, Generator, ImageDiscriminator, LatentClassifier, PerturbationDiscriminator
 from addd.storage import StorageError, load_tensors, save_tensors
-
-log = logging.getLogger(__name__)
+from addd.training import (  # noqa: F401  (EpochCallback, EpochReport, NonFiniteLossError, TrainingState: public here too)
+    EpochCallback,
+    EpochReport,
+    NonFiniteLossError,
+    TrainingRun,
+    TrainingState,
+    check_finite,
+    check_training_data,
+    run_epochs,
+)
 
 FORMAT = "addd-defense/1"
 
 
-class NonFiniteLossError(AdddError):
-    """A training loss became NaN or infinite; training stopped (the message says what to lower)."""
-
-
 class DefenseError(AdddError):
     """Bad input to the defense (missing or mis-shaped adversarial examples, non-finite data)."""
-
-
-@dataclass(frozen=True)
-class EpochReport:
-    """What one epoch of training produced; handed to the ``fit`` callback."""
-
-    epoch: int  # 1-based
-    losses: dict[str, float]  # mean of each loss term over the epoch's steps
-    seconds: float  # wall time of the epoch's training steps
-    steps: int = 0
-
-
-EpochCallback = Callable[[EpochReport, "ADDDefense"], "bool | None"]
 
 
 @dataclass(frozen=True)
@@ -78,44 +65,6 @@ class DomainForward:
 class _Optimizers:
     main: torch.optim.Optimizer  # E, G, C
     discriminators: torch.optim.Optimizer | None  # D_P and D_I
-
-
-TRAINING_STATE_FORMAT = "addd-training-state/1"
-
-
-@dataclass
-class TrainingState:
-    """What ``fit`` needs, beyond the weights, to continue as if it had never stopped: both Adam
-    optimisers' state (moments, step counts, hyper-parameters) and the shuffle and noise RNGs.
-    Flat tensors (``optim.<main|discriminators>.<param index>.<name>``, ``rng.<name>``) plus JSON
-    metadata, so it is saved with safetensors (no pickle)."""
-
-    tensors: dict[str, torch.Tensor]
-    metadata: dict
-
-    def save(self, path: str | Path) -> Path:
-        save_tensors(path, self.tensors, {"format": TRAINING_STATE_FORMAT, **self.metadata})
-        return Path(path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "TrainingState":
-        tensors, metadata = load_tensors(path)
-        if metadata.pop("format", None) != TRAINING_STATE_FORMAT:
-            raise StorageError(f"{path} is not an ADD-Defense training state (expected {TRAINING_STATE_FORMAT!r})")
-        return cls(tensors, metadata)
-
-    def optimizer(self, name: str) -> dict | None:
-        """The ``torch.optim`` state dict of optimiser ``name`` (``main`` or ``discriminators``)."""
-        meta = self.metadata["optimizers"].get(name)
-        if meta is None:
-            return None
-        state: dict[int, dict] = {int(i): dict(values) for i, values in meta["scalars"].items()}
-        prefix = f"optim.{name}."
-        for key, tensor in self.tensors.items():
-            if key.startswith(prefix):
-                index, _, field_name = key[len(prefix):].partition(".")
-                state.setdefault(int(index), {})[field_name] = tensor
-        return {"state": state, "param_groups": meta["param_groups"]}
 
 
 class ADDDefense(nn.Module):
@@ -227,14 +176,14 @@ class ADDDefense(nn.Module):
         values: dict[str, float] = {}
         if optimizers.discriminators is not None:
             d_terms = self.discriminator_losses(fwd, x_original)
-            _check_finite(d_terms)
+            check_finite(d_terms)
             optimizers.discriminators.zero_grad(set_to_none=True)
             sum(d_terms.values()).backward()
             optimizers.discriminators.step()
             values.update({name: v.item() for name, v in d_terms.items()})
         with frozen(self.perturbation_discriminator, self.image_discriminator):
             terms = self.generator_side_losses(fwd, x_original, y)
-            _check_finite(terms)
+            check_finite(terms)
             optimizers.main.zero_grad(set_to_none=True)
             terms["total"].backward()
         optimizers.main.step()
@@ -259,90 +208,37 @@ class ADDDefense(nn.Module):
         same Adam moments and step counts, same shuffling and noise streams.
         """
         known = self.config.known_attacks
-        missing = [name for name in known if name not in x_adv]
-        if missing:
-            raise DefenseError(f"x_adv lacks the known attack(s) {missing}; pass examples for each of {list(known)}")
-        for name in known:
-            if x_adv[name].shape != x.shape:
-                raise DefenseError(f"x_adv[{name!r}] has shape {tuple(x_adv[name].shape)}, expected {tuple(x.shape)} (paired with x)")
-        for name, tensor in [("x", x), *((f"x_adv[{a!r}]", x_adv[a]) for a in known)]:
-            if not torch.isfinite(tensor).all():
-                raise DefenseError(f"{name} contains NaN or inf values; regenerate or clean the data")
-        if y.shape != (x.shape[0],):
-            raise DefenseError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-
+        check_training_data(x, y, x_adv, known, DefenseError)
         t = self.config.train
         device = torch.device(t.device)
         self.to(device).train()
         optimizers = self._make_optimizers()
-        shuffle = torch.Generator().manual_seed(t.seed)
         noise = torch.Generator(device=device).manual_seed(t.seed + 1)
+        run = TrainingRun(
+            optimizers={"main": optimizers.main, "discriminators": optimizers.discriminators},
+            generators={"shuffle": torch.Generator().manual_seed(t.seed), "noise": noise},
+        )
         if resume_state is not None:
-            for name in ("main", "discriminators"):
-                optimizer, saved = getattr(optimizers, name), resume_state.optimizer(name)
-                if (optimizer is None) != (saved is None):
-                    raise StorageError(f"training state has {'no ' if saved is None else ''}{name} optimiser but this "
-                                       f"defense {'has' if optimizer is not None else 'has none'}; was it saved by another config?")
-                if optimizer is not None:
-                    optimizer.load_state_dict(saved)
-            shuffle.set_state(resume_state.tensors["rng.shuffle"])
-            noise.set_state(resume_state.tensors["rng.noise"])
-        self._training = (optimizers, shuffle, noise)
-        adversarial = [x_adv[name] for name in known]
-        n, batch = x.shape[0], min(t.batch_size, x.shape[0])
-        reports: list[EpochReport] = []
-        for epoch in range(1, (epochs or t.epochs) + 1):
-            start, sums, steps = time.perf_counter(), {}, 0
-            order = torch.randperm(n, generator=shuffle)
-            for begin in range(0, n - batch + 1, batch):  # drop the last partial batch
-                idx = order[begin : begin + batch]
-                try:
-                    values = self.training_step(
-                        optimizers,
-                        x[idx].to(device),
-                        y[idx].to(device),
-                        [a[idx].to(device) for a in adversarial],
-                        noise,
-                    )
-                except NonFiniteLossError as exc:
-                    raise NonFiniteLossError(f"epoch {epoch}, step {steps + 1}: {exc}") from None
-                for name, value in values.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                steps += 1
-            report = EpochReport(epoch, {k: v / steps for k, v in sums.items()}, time.perf_counter() - start, steps)
-            reports.append(report)
-            self.history.append(report)
-            log.info("epoch %d: %s (%.1fs)", epoch, _fmt(report.losses), report.seconds)
-            if callback is not None and callback(report, self) is False:
-                break
-        self.eval()
-        return reports
+            run.resume(resume_state)
+        self._training = run
+
+        def step(batch: list[torch.Tensor]) -> dict[str, float]:
+            x_batch, y_batch, *adversarial = batch
+            return self.training_step(optimizers, x_batch, y_batch, adversarial, noise)
+
+        try:
+            return run_epochs(self, [x, y, *(x_adv[name] for name in known)], step, run=run,
+                              batch_size=t.batch_size, epochs=epochs or t.epochs, device=device, callback=callback)
+        finally:
+            self.eval()
 
     def optimizer_state(self) -> TrainingState:
         """The optimisers' and RNGs' state of the last ``fit`` (call it from the epoch callback
         or after ``fit``), for ``fit(..., resume_state=...)``."""
-        training = getattr(self, "_training", None)
-        if training is None:
+        run = getattr(self, "_training", None)
+        if run is None:
             raise RuntimeError("optimizer_state() needs a fit() first: no optimiser exists yet")
-        optimizers, shuffle, noise = training
-        tensors = {"rng.shuffle": shuffle.get_state(), "rng.noise": noise.get_state()}
-        meta: dict[str, dict | None] = {}
-        for name in ("main", "discriminators"):
-            optimizer = getattr(optimizers, name)
-            if optimizer is None:
-                meta[name] = None
-                continue
-            sd = optimizer.state_dict()
-            scalars: dict[str, dict] = {}
-            for index, values in sd["state"].items():
-                scalars[str(index)] = {}
-                for field_name, value in values.items():
-                    if isinstance(value, torch.Tensor):
-                        tensors[f"optim.{name}.{index}.{field_name}"] = value
-                    else:
-                        scalars[str(index)][field_name] = value
-            meta[name] = json.loads(json.dumps({"param_groups": sd["param_groups"], "scalars": scalars}))  # as saved
-        return TrainingState(tensors, {"optimizers": meta})
+        return run.state()
 
     # ----------------------------------------------------------------- persistence
     def save(self, path: str | Path, extra_metadata: Mapping[str, object] | None = None) -> Path:
@@ -369,13 +265,3 @@ def load_defense(path: str | Path, device: str = "cpu") -> ADDDefense:
     defense.history = [EpochReport(h["epoch"], h["losses"], h["seconds"]) for h in metadata.get("history", [])]
     return defense.to(device).eval()
 
-
-def _check_finite(terms: Mapping[str, torch.Tensor | float]) -> None:
-    bad = [name for name, v in terms.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
-    if bad:
-        values = ", ".join(f"{name}={float(terms[name].detach())}" for name in bad)
-        raise NonFiniteLossError(f"non-finite loss ({values}); lower train.lr or the loss weights (e.g. theta_mse)")
-
-
-def _fmt(values: Mapping[str, float]) -> str:
-    return " ".join(f"{k}={v:.4g}" for k, v in values.items() if math.isfinite(v))

@@ -12,9 +12,9 @@ and reconstruction accuracy, and the worst cases a sweep optimises and compares:
   Acc_u (Acc_t) for one untargeted (targeted) attack and is never above ``worst.unknown``.
 - ``worst.holdout``: min over a fixed holdout set of attacks that no trial may train on.
 
-Adaptive evaluation (:func:`evaluate_adaptive`): attacks on the whole pipeline M_t ∘ G ∘ E via
-``addd.attacks.run_adaptive_attack``, side by side with the oblivious figure for the same attack
-and eps.
+Adaptive figures (attacks on the whole pipeline M_t ∘ G ∘ E) are not computed here: see
+addd.adaptive (adaptive PGD, AutoAttack and BPDA through the defense) and
+``addd.attacks.run_adaptive_attack``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Adaptive attack -> the oblivious attack with the same threat model it is reported beside.
+# Adaptive attack -> the oblivious attack with the same threat model it is reported beside
+# (kept for the figure registry that will own this pairing; nothing reads it now).
 # BPDA (Sec 4.3) is L-inf PGD with the defense's backward pass approximated.
 ADAPTIVE_COUNTERPART: dict[str, str] = {"BPDA": "PGDu", "AA_Linf": "AA_Linf", "AA_L2": "AA_L2"}
 
@@ -105,37 +106,6 @@ class RobustnessReport:
         return pd.DataFrame([{c: getattr(row, c) for c in columns} for row in self.attacks], columns=columns)
 
 
-@dataclass(frozen=True)
-class AdaptiveRow:
-    attack: str  # adaptive attack on M_t ∘ G ∘ E
-    oblivious_attack: str  # its oblivious counterpart (same threat model)
-    eps: float | None
-    oblivious: float  # defended accuracy on the cached oblivious set; NaN if not given
-    adaptive: float  # accuracy under the adaptive attack
-    n: int
-
-
-@dataclass(frozen=True)
-class AdaptiveReport:
-    """Result of :func:`evaluate_adaptive`."""
-
-    rows: tuple[AdaptiveRow, ...]
-
-    def to_metrics(self) -> dict[str, float]:
-        metrics = {}
-        for row in self.rows:
-            metrics[f"acc.adaptive.{row.attack}"] = row.adaptive
-            metrics[f"acc.oblivious.{row.attack}"] = row.oblivious
-        return metrics
-
-    def to_frame(self) -> "pd.DataFrame":
-        """Columns: attack, eps, oblivious, adaptive, oblivious_attack, n."""
-        import pandas as pd
-
-        columns = ["attack", "eps", "oblivious", "adaptive", "oblivious_attack", "n"]
-        return pd.DataFrame([{c: getattr(row, c) for c in columns} for row in self.rows], columns=columns)
-
-
 def evaluate(
     defense: Defense,
     model: nn.Module,
@@ -158,40 +128,17 @@ def evaluate(
     """
     known, holdout = tuple(known_attacks), tuple(holdout)
     _check_sets(x, y, adv_sets)
-    clash = sorted(set(holdout) & set(known))
-    if clash:
-        raise EvaluationError(
-            f"holdout attacks {clash} are known attacks of this defense; a holdout attack must never be "
-            f"trained on, so drop them from known_attacks or from the holdout set"
-        )
-    missing = sorted(set(holdout) - set(adv_sets))
-    if missing:
-        raise EvaluationError(
-            f"holdout attacks {missing} have no adversarial set; generate them or fix the holdout list"
-        )
+    _check_holdout(known, holdout, adv_sets)
     y = y.cpu()
+    reference = model if undefended_model is None else undefended_model
     with eval_mode(defense):
-        restore = defense.restore
-        reference = model if undefended_model is None else undefended_model
         clean = accuracy_untargeted(predict(reference, x, batch_size=batch_size), y)
-        reconstruction = accuracy_untargeted(predict(model, x, transform=restore, batch_size=batch_size), y)
+        reconstruction = accuracy_untargeted(predict(model, x, transform=defense.restore, batch_size=batch_size), y)
         rows, masks = [], {}
         for name, adv in adv_sets.items():
-            target = None if adv.target is None else adv.target.cpu()
-            defended_pred = predict(model, adv.x_adv, transform=restore, batch_size=batch_size)
-            undefended_pred = predict(reference, adv.x_adv, batch_size=batch_size)
-            rows.append(
-                AttackAccuracy(
-                    attack=name,
-                    defended=_accuracy(defended_pred, y, target),
-                    undefended=_accuracy(undefended_pred, y, target),
-                    targeted=target is not None,
-                    known=name in known,
-                    holdout=name in holdout,
-                    n=len(y),
-                )
-            )
-            masks[name] = robust_masks(defended_pred, y, target)
+            row, masks[name] = _attack_accuracy(name, adv, defense, model, reference, y, batch_size,
+                                                known=name in known, holdout=name in holdout)
+            rows.append(row)
     unknown = [r.defended for r in rows if not r.known]
     if not unknown:
         logger.warning("evaluate: every attack in the suite is a known attack; worst.unknown is NaN")
@@ -206,6 +153,40 @@ def evaluate(
         worst_holdout=_nanmin([r.defended for r in rows if r.holdout]),
         masks=masks,
     )
+
+
+def _attack_accuracy(
+    name: str, adv: "AdvSet", defense: Defense, model: nn.Module, reference: nn.Module, y: torch.Tensor,
+    batch_size: int, *, known: bool, holdout: bool,
+) -> tuple[AttackAccuracy, tuple[torch.Tensor, torch.Tensor]]:
+    """One attack's row and the defended pipeline's per-example (correct, excluded) masks."""
+    target = None if adv.target is None else adv.target.cpu()
+    defended_pred = predict(model, adv.x_adv, transform=defense.restore, batch_size=batch_size)
+    undefended_pred = predict(reference, adv.x_adv, batch_size=batch_size)
+    row = AttackAccuracy(
+        attack=name,
+        defended=_accuracy(defended_pred, y, target),
+        undefended=_accuracy(undefended_pred, y, target),
+        targeted=target is not None,
+        known=known,
+        holdout=holdout,
+        n=len(y),
+    )
+    return row, robust_masks(defended_pred, y, target)
+
+
+def _check_holdout(known: Sequence[str], holdout: Sequence[str], adv_sets: Mapping[str, "AdvSet"]) -> None:
+    clash = sorted(set(holdout) & set(known))
+    if clash:
+        raise EvaluationError(
+            f"holdout attacks {clash} are known attacks of this defense; a holdout attack must never be "
+            f"trained on, so drop them from known_attacks or from the holdout set"
+        )
+    missing = sorted(set(holdout) - set(adv_sets))
+    if missing:
+        raise EvaluationError(
+            f"holdout attacks {missing} have no adversarial set; generate them or fix the holdout list"
+        )
 
 
 def robust_masks(pred: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,64 +208,6 @@ def per_sample_accuracy(masks: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> f
     if not bool(counted.any()):
         return float("nan")
     return robust.sum().item() / counted.sum().item()
-
-
-def evaluate_adaptive(
-    defense: Defense,
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    dataset: str,
-    attacks: Sequence[str] = ("BPDA", "AA_Linf"),
-    adv_sets: Mapping[str, "AdvSet"] | None = None,
-    budget: float = 1.0,
-    seed: int = 0,
-    batch_size: int = 256,
-    run_adaptive_attack: Callable[..., Any] | None = None,
-) -> AdaptiveReport:
-    """Attack M_t ∘ defense with each adaptive attack; report it beside the oblivious figure.
-
-    The oblivious figure is the defended accuracy on ``adv_sets[ADAPTIVE_COUNTERPART[attack]]``
-    (NaN if absent); its eps must equal the adaptive attack's. ``run_adaptive_attack`` defaults
-    to ``addd.attacks.run_adaptive_attack``.
-    """
-    unknown = sorted(set(attacks) - set(ADAPTIVE_COUNTERPART))
-    if unknown:
-        raise EvaluationError(f"no adaptive attack named {unknown}; valid: {sorted(ADAPTIVE_COUNTERPART)}")
-    if run_adaptive_attack is None:
-        from addd.attacks import run_adaptive_attack
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    adv_sets = dict(adv_sets or {})
-    _check_sets(x, y, adv_sets)
-    y = y.cpu()
-    rows = []
-    with eval_mode(defense):
-        for name in attacks:
-            result = run_adaptive_attack(
-                name, model, defense, x, y, dataset=dataset, budget=budget, seed=seed, device=device
-            )
-            target = None if result.target is None else torch.as_tensor(result.target, dtype=torch.int64).expand_as(y)
-            pred = predict(model, result.x_adv, transform=defense.restore, batch_size=batch_size)
-            adaptive = _accuracy(pred, y, target)
-            eps = result.params.get("eps")
-            counterpart = ADAPTIVE_COUNTERPART[name]
-            oblivious = float("nan")
-            if counterpart in adv_sets:
-                adv = adv_sets[counterpart]
-                oblivious_eps = adv.manifest.params.get("eps") if adv.manifest is not None else None
-                if eps is not None and oblivious_eps is not None and not math.isclose(eps, oblivious_eps):
-                    raise EvaluationError(
-                        f"adaptive {name} ran at eps={eps} but the cached {counterpart} set has eps={oblivious_eps}; "
-                        f"compare them at one eps"
-                    )
-                pred = predict(model, adv.x_adv, transform=defense.restore, batch_size=batch_size)
-                oblivious = _accuracy(pred, y, None if adv.target is None else adv.target.cpu())
-            else:
-                logger.warning("evaluate_adaptive: no oblivious %s set given; its column is NaN", counterpart)
-            eps = None if eps is None else float(eps)
-            rows.append(AdaptiveRow(name, counterpart, eps, oblivious, adaptive, len(y)))
-    return AdaptiveReport(tuple(rows))
 
 
 def _accuracy(pred: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> float:

@@ -3,6 +3,7 @@
 - :func:`predict`: predicted classes of ``model(transform(x))``, batched, eval mode, no grad.
 - :func:`eval_mode`: modules in eval mode for a block, each one's previous mode restored.
 - :func:`frozen`: no parameter gradients for a block (inputs still get theirs), restored.
+- :class:`Pipeline`: ``model(restore(x))`` as one module, the defended classifier attacks see.
 """
 
 from __future__ import annotations
@@ -73,3 +74,17 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
     finally:
         for p, flag in zip(params, previous):
             p.requires_grad_(flag)
+
+
+class Pipeline(nn.Module):
+    """``model(restore(x))``: the defended classifier an adaptive attack sees, differentiable
+    end to end when ``restore`` is. It reports eval mode (``training`` False) so attack code that
+    checks modes does not warn about the wrapper; ``model`` and the defense keep their own modes."""
+
+    def __init__(self, restore: Callable[[torch.Tensor], torch.Tensor], model: nn.Module):
+        super().__init__()
+        self.restore, self.model = restore, model
+        self.training = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.restore(x))

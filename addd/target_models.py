@@ -267,13 +267,7 @@ def get_target_model(
     """
     from filelock import FileLock
 
-    if arch is None:
-        if dataset.name not in DEFAULT_ARCH:
-            raise TargetModelError(
-                f"no default target architecture for dataset {dataset.name!r}; "
-                f"pass arch= one of {', '.join(TARGET_ARCHS)}"
-            )
-        arch = DEFAULT_ARCH[dataset.name]
+    arch = _default_arch(dataset) if arch is None else arch
     settings = settings if settings is not None else default_settings(dataset.name)
     kwargs = arch_kwargs_for(arch, dataset.channels, dataset.num_classes, arch_kwargs)
     key = target_model_key(dataset.fingerprint(), arch, kwargs, settings)
@@ -291,34 +285,56 @@ def get_target_model(
             )
             return entry
         logger.info("target %s/%s: training (key %s) with %s", dataset.name, arch, key, settings)
-        result = train_target_model(dataset, arch, settings, kwargs, device)
-        state = {name: tensor.detach().cpu() for name, tensor in result.model.state_dict().items()}
-        weights_sha = weights_sha256(state)
-        metadata = {
-            "format": FORMAT,
-            "key": key,
-            "arch": arch,
-            "arch_kwargs": kwargs,
-            "settings": asdict(settings),
-            "dataset": {
-                "name": dataset.name,
-                "fingerprint": dataset.fingerprint(),
-                "n_train": len(dataset.train),
-                "n_val": len(dataset.val),
-                "n_test": len(dataset.test),
-            },
-            "clean_test_accuracy": result.clean_test_accuracy,
-            "val_accuracy": result.val_accuracy,
-            "weights_sha256": weights_sha,
-            "history": result.history,
-            "train_seconds": result.seconds,
-            "torch_version": torch.__version__,
-        }
-        save_tensors(path, state, metadata)
-        logger.info(
-            "target %s/%s: clean test acc %s after %.1f s, saved %s",
-            dataset.name, arch, result.clean_test_accuracy, result.seconds, path,
+        return _train_and_save(dataset, arch, settings, kwargs, key, path, device)
+
+
+def _default_arch(dataset: Dataset) -> str:
+    if dataset.name not in DEFAULT_ARCH:
+        raise TargetModelError(
+            f"no default target architecture for dataset {dataset.name!r}; "
+            f"pass arch= one of {', '.join(TARGET_ARCHS)}"
         )
+    return DEFAULT_ARCH[dataset.name]
+
+
+def _train_and_save(
+    dataset: Dataset,
+    arch: str,
+    settings: TargetTrainSettings,
+    kwargs: dict[str, Any],
+    key: str,
+    path: Path,
+    device: str | torch.device,
+) -> TargetModel:
+    """Train the target model, save weights and record to ``path`` (caller holds its lock)."""
+    result = train_target_model(dataset, arch, settings, kwargs, device)
+    state = {name: tensor.detach().cpu() for name, tensor in result.model.state_dict().items()}
+    weights_sha = weights_sha256(state)
+    metadata = {
+        "format": FORMAT,
+        "key": key,
+        "arch": arch,
+        "arch_kwargs": kwargs,
+        "settings": asdict(settings),
+        "dataset": {
+            "name": dataset.name,
+            "fingerprint": dataset.fingerprint(),
+            "n_train": len(dataset.train),
+            "n_val": len(dataset.val),
+            "n_test": len(dataset.test),
+        },
+        "clean_test_accuracy": result.clean_test_accuracy,
+        "val_accuracy": result.val_accuracy,
+        "weights_sha256": weights_sha,
+        "history": result.history,
+        "train_seconds": result.seconds,
+        "torch_version": torch.__version__,
+    }
+    save_tensors(path, state, metadata)
+    logger.info(
+        "target %s/%s: clean test acc %s after %.1f s, saved %s",
+        dataset.name, arch, result.clean_test_accuracy, result.seconds, path,
+    )
     return TargetModel(
         model=result.model,
         path=path,

@@ -195,3 +195,40 @@ def test_non_finite_loss_stops_training(monkeypatch):
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 1"):
         ape.fit(x, y, {"PGDu": x})
     assert not ape.training
+
+
+# ------------------------------------------------------------------------------ resuming (addd.training)
+
+
+@pytest.mark.parametrize("name", ["ape_gan", "adv_training"])
+def test_resumed_fit_equals_uninterrupted_fit(name, one_thread):
+    """Two epochs straight == one epoch, a fresh model with its weights and TrainingState, then one
+    more: same losses and weights, so the shuffle, the online-PGD noise and the Adam moments resume."""
+    x, y = _images(12)
+    x_adv = {"PGDu": (x + 0.1).clamp(0, 1), "CWu": (x - 0.1).clamp(0, 1)}
+
+    def build():
+        return build_baseline(name, "digits", ("PGDu", "CWu"), width=0.0625, channels=1, epochs=2, batch_size=4,
+                              seed=3, pgd_steps=2)
+
+    straight = build()
+    straight.fit(x, y, x_adv)
+    first = build()
+    first.fit(x, y, x_adv, epochs=1)
+    resumed = build()
+    resumed.load_state_dict(first.state_dict())
+    resumed.fit(x, y, x_adv, epochs=1, resume_state=first.optimizer_state())
+    assert resumed.history[0].losses == straight.history[1].losses
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    fresh = build()
+    fresh.load_state_dict(first.state_dict())
+    fresh.fit(x, y, x_adv, epochs=1)  # without the state: a different second epoch
+    assert fresh.history[0].losses != straight.history[1].losses
+
+
+def test_images_outside_unit_range_are_rejected():
+    x, y = _images(4)
+    ape = APEGAN(APEGANConfig(width=0.0625, channels=1, known_attacks=("PGDu",)))
+    with pytest.raises(BaselineError, match=r"x_adv\['PGDu'\] must be images in \[0, 1\]"):
+        ape.fit(x, y, {"PGDu": x + 2})

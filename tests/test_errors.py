@@ -28,7 +28,8 @@ def test_every_addd_error_derives_from_adddError():
     expected = {
         "addd.config.ConfigError", "addd.data.DataError", "addd.advcache.AdvCacheError",
         "addd.attacks.AttackError", "addd.evaluate.EvaluationError", "addd.architectures.TargetModelError",
-        "addd.storage.StorageError", "addd.defense.NonFiniteLossError",
+        "addd.storage.StorageError", "addd.training.NonFiniteLossError", "addd.defense.DefenseError",
+        "addd.baselines.BaselineError", "addd.adaptive.AdaptiveError",
     }
     assert expected <= set(classes), sorted(expected - set(classes))  # the walk found them all
     strays = sorted(name for name, cls in classes.items() if not issubclass(cls, AdddError))

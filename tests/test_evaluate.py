@@ -1,10 +1,8 @@
-"""Robustness evaluation against a hand-computed case; worst cases, holdout, adaptive table."""
+"""Robustness evaluation against a hand-computed case; worst cases, holdout, no grad history."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import pytest
 import torch
 from torch import nn
@@ -13,7 +11,6 @@ from addd.advcache import AdvCache, AdvRequest, AdvSet
 from addd.evaluate import (
     EvaluationError,
     evaluate,
-    evaluate_adaptive,
     per_sample_accuracy,
     robust_masks,
 )
@@ -165,78 +162,9 @@ def test_all_known_gives_nan_worst_case():
     assert math.isnan(report.worst_unknown) and math.isnan(report.worst_unknown_per_sample)
 
 
-# ---- adaptive -----------------------------------------------------------------------------
-
-
-@dataclass
-class FakeResult:
-    x_adv: torch.Tensor
-    target: int | None
-    params: dict
-
-
-def fake_adaptive(name, model, defense, x, y, *, dataset, budget, seed, device):
-    pred = {"BPDA": [1, 1, 2, 3, 3, 0, 1, 2], "AA_Linf": [1, 2, 2, 3, 3, 0, 1, 2]}[name]
-    return FakeResult(images([SWAP[p] for p in pred]), None, {"eps": 0.15})
-
-
-def test_adaptive_table_beside_oblivious():
-    report = evaluate_adaptive(
-        SwapDefense(), nn.Flatten(), images(Y.tolist()), Y, dataset="digits", adv_sets=constructed_sets(),
-        run_adaptive_attack=fake_adaptive,
-    )
-    frame = report.to_frame()
-    assert list(frame.columns[:4]) == ["attack", "eps", "oblivious", "adaptive"]
-    bpda = frame.set_index("attack").loc["BPDA"]
-    assert bpda["oblivious_attack"] == "PGDu" and bpda["eps"] == 0.15
-    assert bpda["oblivious"] == pytest.approx(7 / 8) and bpda["adaptive"] == pytest.approx(7 / 8)
-    aa = frame.set_index("attack").loc["AA_Linf"]
-    assert math.isnan(aa["oblivious"]) and aa["adaptive"] == pytest.approx(6 / 8)  # no cached AA_Linf set
-    assert report.to_metrics()["acc.adaptive.AA_Linf"] == pytest.approx(6 / 8)
-    with pytest.raises(EvaluationError, match="valid"):
-        evaluate_adaptive(SwapDefense(), nn.Flatten(), images(Y.tolist()), Y, dataset="digits", attacks=("PGD",))
-
-
-class Identity(nn.Module):
-    def restore(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 def tiny_classifier() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 15 * 15, 10)).eval()
-
-
-def test_adaptive_with_the_real_bpda_reports_the_cached_pgd_at_the_same_eps(tmp_path):
-    from addd.attacks import attack_params
-
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.rand(12, 1, 32, 32, generator=generator), torch.randint(0, 10, (12,), generator=generator)
-    model = tiny_classifier()
-    pgd = AdvCache(tmp_path).get_or_create(AdvRequest("digits", "test", x, y, model, "PGDu", budget=0.1))
-    report = evaluate_adaptive(
-        Identity(), model, x, y, dataset="digits", attacks=("BPDA",), adv_sets={"PGDu": pgd}, budget=0.1
-    )
-    row = report.rows[0]
-    assert row.eps == attack_params("PGDu", "digits")["eps"] == pgd.manifest.params["eps"]
-    assert row.oblivious == pytest.approx(pgd.manifest.model_accuracy)  # identity defense
-    with torch.no_grad():
-        clean = (model(x).argmax(1) == y).float().mean().item()
-    assert row.adaptive <= clean
-
-
-def test_adaptive_eps_must_match_the_oblivious_set(tmp_path):
-    generator = torch.Generator().manual_seed(0)
-    x, y = torch.rand(6, 1, 32, 32, generator=generator), torch.randint(0, 10, (6,), generator=generator)
-    model = tiny_classifier()
-    pgd = AdvCache(tmp_path).get_or_create(AdvRequest("digits", "test", x, y, model, "PGDu", budget=0.1))
-
-    def wider(name, model, defense, x, y, **kwargs):
-        return FakeResult(x.clone(), None, {"eps": 0.3})
-
-    with pytest.raises(EvaluationError, match="eps"):
-        evaluate_adaptive(Identity(), model, x, y, dataset="digits", attacks=("BPDA",), adv_sets={"PGDu": pgd},
-                          run_adaptive_attack=wider)
 
 
 def test_evaluate_a_real_add_defense_on_cached_sets(tmp_path):
@@ -262,17 +190,6 @@ def test_evaluate_a_real_add_defense_on_cached_sets(tmp_path):
 
 
 # ---- no gradient history on any evaluation path -------------------------------------------
-
-
-def test_adaptive_predictions_run_the_defense_in_eval_mode_without_grad():
-    defense = SwapDefense().train()
-    evaluate_adaptive(
-        defense, nn.Flatten(), images(Y.tolist()), Y, dataset="digits", adv_sets=constructed_sets(),
-        run_adaptive_attack=fake_adaptive, batch_size=3,
-    )
-    # BPDA: its attacked set + the cached PGDu set; AA_Linf: its attacked set (no cached AA_Linf)
-    assert len(defense.calls) == 3 * 3 and all(call == (False, False) for call in defense.calls)
-    assert defense.training
 
 
 def _recording_restore(defense, outputs: list):
