@@ -162,7 +162,8 @@ def reproduction_section(summary: Mapping[str, Any]) -> str:
     out += ["Threat models: " + "; ".join(f"**{k}** = {v}" for k, v in THREAT_MODELS.items()) + ". The paper's "
             "figures are single numbers; this run's are test accuracy over seeds, the verdict compares the paper's "
             "value with this run's 95% interval of the mean (seed-to-seed noise only, not test-sample noise). "
-            "Fig 3 and Fig 5(a) give no numbers in the text and are not cited.\n",
+            "Fig 3 and Fig 5(a) give no numbers in the text and are not cited; RP2 (Fig 4(a), LISA traffic signs, "
+            "plotted only) is not measured: the suite has no RP2 attack.\n",
             _markdown(reproduction_table(summary)),
             "\nThis run's setting, where it is not the paper's:\n", *setting_differences(summary), ""]
     return "\n".join(out)

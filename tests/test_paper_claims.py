@@ -136,3 +136,13 @@ def test_claim_table_is_independent_of_the_claims_it_is_given():
     one = (PaperClaim("Table X", "r", "c", 0.5, "oblivious", "PGD", defense="full", figure="acc.clean"),)
     frame = reproduction_table(_summary(), one)
     assert len(frame) == 1 and frame.iloc[0]["verdict"].startswith("higher than the paper")
+
+
+def test_build_report_appends_the_section(tmp_path):
+    from ablations.report import build_report
+
+    build_report(_summary(), tmp_path / "mnist5k")
+    build_report(_summary(dataset="digits"), tmp_path / "digits")
+    assert "## Reproduction of the paper's figures" in (tmp_path / "mnist5k" / "report.md").read_text()
+    assert "Table 5, row Our (eps=0.3)" in (tmp_path / "mnist5k" / "report.md").read_text()
+    assert NO_CLAIMS in (tmp_path / "digits" / "report.md").read_text()
