@@ -93,7 +93,8 @@ def _adaptive_words(oblivious: Mapping[str, Any], adaptive: Mapping[str, Any] | 
     if adaptive["mean"] > interval[1]:
         return (f"adaptive {adaptive['mean']:.4f} is above the oblivious figure: the attack through the pipeline "
                 f"found fewer errors than the one on M_t, so the adaptive attack is too weak to bound the claim")
-    return "the adaptive figure agrees with the oblivious one: the claim also holds against an attacker on M_t∘G∘E"
+    return ("the adaptive figure agrees with the oblivious one: attacking M_t∘G∘E does not lower it, so the verdict "
+            "above also stands against the adaptive attacker")
 
 
 def verdict(claim: PaperClaim, oblivious: Mapping[str, Any] | None, adaptive: Mapping[str, Any] | None,
