@@ -360,7 +360,10 @@ def build_report(summary: Mapping[str, Any], out_dir: Path, finals_dir: Path | N
             restored = best
     optuna_plots = sorted(out_dir.glob("optuna_*.png"))
     report = out_dir / "report.md"
-    report.write_text(_report_text(summary, title, searches, restored, bool(curves), optuna_plots))
+    from ablations.reproduction import reproduction_section
+
+    report.write_text(_report_text(summary, title, searches, restored, bool(curves), optuna_plots)
+                      + reproduction_section(summary))  # the paper's claims beside this run's figures
     paths.append(report)
     return paths
 

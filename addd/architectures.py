@@ -198,6 +198,7 @@ TARGET_ARCHS: dict[str, Callable[..., nn.Module]] = {
 DEFAULT_ARCH: dict[str, str] = {
     "digits": "digits_cnn",
     "mnist": "lenet",
+    "mnist5k": "lenet",  # real MNIST digits: the paper's MNIST target (C.2)
     "fashion_mnist": "fmnist_cnn",
     "svhn": "svhn_cnn",
     "cifar10": "resnet",

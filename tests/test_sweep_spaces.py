@@ -173,3 +173,31 @@ def test_schedule_state_survives_pickling_mid_sweep():
     assert [v.suggested for v in restored.variants] == [2, 1]
     assert restored.variants[0].best_score == 0.5 and math.isinf(restored.variants[1].best_score)
     assert restored.suggest("t3")["variant"] == "no_dp"  # continues the round robin, no re-ask
+
+
+# ----------------------------------------------------------------------------- mnist5k_paper
+def test_mnist5k_paper_is_at_the_papers_mnist_settings_and_says_what_differs():
+    from addd.attacks import attack_params
+    from addd.config import PAPER_LOSS_WEIGHTS
+
+    space = get_space("mnist5k_paper")
+    assert space.dataset == "mnist5k" and space.target_arch == "lenet" and space.attack_budget == 1.0
+    for attack in ATTACK_NAMES:  # App. C.1's MNIST table for the whole suite, at full budget
+        assert attack_params(attack, "mnist5k", space.attack_budget) == attack_params(attack, "mnist")
+    assert attack_params("STu", "mnist5k")["max_iterations"] == 5000 and attack_params("PGDu", "mnist5k")["eps"] == 0.15
+    loss = space.base_config().loss
+    assert {k: getattr(loss, k) for k in PAPER_LOSS_WEIGHTS["mnist"]} == PAPER_LOSS_WEIGHTS["mnist"]  # App. D
+    assert space.known_attack_choices() == (("PGDu", "PGDt"), ("DDNu", "DDNt"))  # Fig 3
+    assert space.attacks == ATTACK_NAMES and {"STu", "STt", "AA_Linf"} <= set(space.attacks)
+    assert len(space.differs_from_paper) >= 3 and any("60,000" in line for line in space.differs_from_paper)
+    smoke = get_space("mnist5k_paper", smoke=True)
+    assert smoke.n_test < space.n_test and smoke.attack_budget < 1 and smoke.variants == ("full",)
+
+
+def test_mnist5k_paper_dry_run_needs_no_data_root(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    assert main(["--space", "mnist5k_paper", "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["dataset"] == "mnist5k" and plan["target_arch"] == "lenet"
+    assert plan["splits"]["n_test"] == SPACES["mnist5k_paper"].n_test
+    assert list(tmp_path.iterdir()) == []
