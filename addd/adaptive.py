@@ -60,6 +60,7 @@ from torch import nn
 
 from addd import _advertorch
 from addd.errors import AdddError
+from addd.figures import ADAPTIVE_FIGURES, FIGURES
 from addd.attacks import seeded
 from addd.inference import Pipeline, eval_mode, frozen, predict
 
@@ -71,15 +72,8 @@ DEFAULT_STEPS = 100
 STEP_FACTOR = 2.5  # step size = STEP_FACTOR * eps / steps (Madry et al. 2018)
 THREAT_MODEL = "adaptive"
 
-# metric name -> row label; the order rows come out in
-METRICS: dict[str, str] = {
-    "adaptive.pgd_worst": "PGD (adaptive, CE+margin)",
-    "adaptive.pgd_ce": "PGD (adaptive, CE)",
-    "adaptive.pgd_margin": "PGD (adaptive, margin)",
-    "adaptive.aa_linf": "AutoAttack Linf (adaptive)",
-    "adaptive.aa_l2": "AutoAttack L2 (adaptive)",
-    "adaptive.bpda": "BPDA (paper Sec 4.3)",
-}
+# metric name -> row label, in the order rows come out (names and labels: addd.figures)
+METRICS: dict[str, str] = {name: FIGURES[name].label for name in ADAPTIVE_FIGURES}
 CURVE_COLUMNS: tuple[str, ...] = (
     "eps", "undefended_whitebox", "defended_oblivious", "defended_adaptive", "n", "steps", "seed",
 )

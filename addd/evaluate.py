@@ -39,11 +39,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Adaptive attack -> the oblivious attack with the same threat model it is reported beside
-# (kept for the figure registry that will own this pairing; nothing reads it now).
-# BPDA (Sec 4.3) is L-inf PGD with the defense's backward pass approximated.
-ADAPTIVE_COUNTERPART: dict[str, str] = {"BPDA": "PGDu", "AA_Linf": "AA_Linf", "AA_L2": "AA_L2"}
-
 
 class EvaluationError(AdddError):
     """Inputs of an evaluation do not fit together; the message says what to fix."""

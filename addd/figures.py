@@ -60,6 +60,7 @@ class Figure:
     name: str
     threat: str  # a key of THREAT_MODELS
     label: str  # what a person reads (report rows, plots)
+    column: str | None = None  # a report column header, where it differs from label
     attack: str | None = None  # the suite attack of a per-attack figure
     oblivious_attack: str | None = None  # adaptive figures: the oblivious attack shown beside it
 
@@ -108,6 +109,8 @@ class Figure:
     @property
     def header(self) -> str:
         """A report column header that names the threat model."""
+        if self.column is not None:
+            return self.column
         if self.threat == NONE or self.label.endswith(")") or self.is_adaptive:
             return self.label
         return f"{self.label} ({self.threat})"
@@ -127,12 +130,13 @@ _FIXED: tuple[Figure, ...] = (
     Figure(WORST_PER_SAMPLE, OBLIVIOUS, "worst unknown, per sample (oblivious)"),
     Figure(WORST_HOLDOUT, OBLIVIOUS, "worst holdout attack (oblivious)"),
     # adaptive attacks on M_t∘G∘E (addd.adaptive), in the order rows come out
-    Figure("adaptive.pgd_worst", ADAPTIVE, "PGD adaptive on M_t∘G∘E (CE+margin)", oblivious_attack="PGDu"),
-    Figure("adaptive.pgd_ce", ADAPTIVE, "PGD adaptive on M_t∘G∘E (CE)", oblivious_attack="PGDu"),
-    Figure("adaptive.pgd_margin", ADAPTIVE, "PGD adaptive on M_t∘G∘E (margin)", oblivious_attack="PGDu"),
-    Figure("adaptive.aa_linf", ADAPTIVE, "AutoAttack Linf adaptive on M_t∘G∘E", oblivious_attack="AA_Linf"),
-    Figure("adaptive.aa_l2", ADAPTIVE, "AutoAttack L2 adaptive on M_t∘G∘E", oblivious_attack="AA_L2"),
-    Figure("adaptive.bpda", ADAPTIVE, "BPDA (paper Sec 4.3, identity backward pass)", oblivious_attack="PGDu"),
+    Figure("adaptive.pgd_worst", ADAPTIVE, "PGD (adaptive, CE+margin)", "PGD adaptive on M_t∘G∘E (CE+margin)",
+           oblivious_attack="PGDu"),
+    Figure("adaptive.pgd_ce", ADAPTIVE, "PGD (adaptive, CE)", oblivious_attack="PGDu"),
+    Figure("adaptive.pgd_margin", ADAPTIVE, "PGD (adaptive, margin)", oblivious_attack="PGDu"),
+    Figure("adaptive.aa_linf", ADAPTIVE, "AutoAttack Linf (adaptive)", oblivious_attack="AA_Linf"),
+    Figure("adaptive.aa_l2", ADAPTIVE, "AutoAttack L2 (adaptive)", oblivious_attack="AA_L2"),
+    Figure("adaptive.bpda", ADAPTIVE, "BPDA (paper Sec 4.3)", oblivious_attack="PGDu"),
 )
 FIGURES: dict[str, Figure] = {f.name: f for f in _FIXED}
 ADAPTIVE_FIGURES: tuple[str, ...] = tuple(f.name for f in _FIXED if f.is_adaptive)
@@ -146,12 +150,12 @@ _BESIDE: dict[str, str] = {"PGDu": "adaptive.pgd_worst", "PGDt": "adaptive.pgd_w
 
 def defended(attack: str) -> Figure:
     """The oblivious figure of one suite attack: M_t(G(E(x_adv))), x_adv computed on M_t."""
-    return Figure(f"{DEFENDED_PREFIX}{attack}", OBLIVIOUS, attack, attack=attack)
+    return Figure(f"{DEFENDED_PREFIX}{attack}", OBLIVIOUS, attack, f"{attack} (oblivious)", attack=attack)
 
 
 def undefended(attack: str) -> Figure:
     """The undefended figure of one suite attack: M_t(x_adv)."""
-    return Figure(f"{UNDEFENDED_PREFIX}{attack}", UNDEFENDED, attack, attack=attack)
+    return Figure(f"{UNDEFENDED_PREFIX}{attack}", UNDEFENDED, attack, f"{attack} (undefended)", attack=attack)
 
 
 def figure(name: str) -> Figure:
