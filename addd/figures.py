@@ -46,7 +46,7 @@ THREAT_WORDS: dict[str, str] = {NONE: "no attack", UNDEFENDED: "undefended (whit
 
 DEFENDED_PREFIX, UNDEFENDED_PREFIX = "acc.defended.", "acc.undefended."
 ADAPTIVE_PREFIX = "adaptive."
-TEST, ADAPTIVE_SECTION = "test", "adaptive"  # summary.json sections (per seed and over seeds)
+TEST, ADAPTIVE_SECTION, VAL = "test", "adaptive", "val"  # summary.json sections (per seed and over seeds)
 
 
 class FigureError(AdddError):
@@ -63,6 +63,7 @@ class Figure:
     column: str | None = None  # a report column header, where it differs from label
     attack: str | None = None  # the suite attack of a per-attack figure
     oblivious_attack: str | None = None  # adaptive figures: the oblivious attack shown beside it
+    split: str | None = None  # a figure computed on one split only (the search's probe: "val")
 
     @property
     def is_adaptive(self) -> bool:
@@ -70,20 +71,28 @@ class Figure:
 
     @property
     def section(self) -> str:
-        """Its section in summary.json (``test``: the oblivious suite; ``adaptive``: whole-pipeline attacks)."""
+        """Its section in summary.json (``test``: the oblivious suite; ``adaptive``: whole-pipeline
+        attacks on the test split; a split-bound figure: that split's name)."""
+        if self.split is not None:
+            return self.split
         return ADAPTIVE_SECTION if self.is_adaptive else TEST
 
     @property
     def key(self) -> str:
         """Its key inside :attr:`section` of summary.json."""
-        return self.name.removeprefix(ADAPTIVE_PREFIX) if self.is_adaptive else self.name
+        return self.name.removeprefix(ADAPTIVE_PREFIX) if self.is_adaptive and self.split is None else self.name
 
     def trial_key(self, split: str = TEST) -> str:
-        """Its name in a trial's report and MLflow child run (``val/worst.unknown``, ``adaptive/pgd_worst``)."""
+        """Its name in a trial's report and MLflow child run (``val/worst.unknown``, ``adaptive/pgd_worst``,
+        ``val/probe.pgd_worst``)."""
+        if self.split is not None:
+            return f"{self.split}/{self.name}"
         return f"{ADAPTIVE_SECTION}/{self.key}" if self.is_adaptive else f"{split}/{self.name}"
 
     def parent_metric(self, defense: str) -> str:
         """Its name in the sweep's MLflow parent run, saying its threat model."""
+        if self.split is not None:
+            return f"{defense}/{self.split}/{self.threat}/{self.name}"
         if self.is_adaptive:
             return f"{defense}/{ADAPTIVE_SECTION}/{self.key}"
         if self.attack is not None:
@@ -95,6 +104,8 @@ class Figure:
     @property
     def per_example_key(self) -> str | None:
         """Its per-example correctness in ``per_example.safetensors`` (None: derived from others)."""
+        if self.split is not None:
+            return None
         if self.is_adaptive:
             return f"{self.name}.correct"
         if self.threat == OBLIVIOUS and self.attack is not None:
@@ -122,6 +133,8 @@ RECONSTRUCTION = "acc.reconstruction"
 WORST_UNKNOWN = "worst.unknown"
 WORST_PER_SAMPLE = "worst.unknown_per_sample"
 WORST_HOLDOUT = "worst.holdout"
+PROBE = "probe.pgd_worst"  # the search's adaptive probe (sweeps.trial): cheap seeded PGD through M_t∘G∘E on val
+WORST_WITH_PROBE = "worst.unknown_with_probe"  # min(worst.unknown, probe.pgd_worst) on val
 
 _FIXED: tuple[Figure, ...] = (
     Figure(CLEAN, NONE, "clean: M_t(x), no attack, no defense"),
@@ -137,9 +150,14 @@ _FIXED: tuple[Figure, ...] = (
     Figure("adaptive.aa_linf", ADAPTIVE, "AutoAttack Linf (adaptive)", oblivious_attack="AA_Linf"),
     Figure("adaptive.aa_l2", ADAPTIVE, "AutoAttack L2 (adaptive)", oblivious_attack="AA_L2"),
     Figure("adaptive.bpda", ADAPTIVE, "BPDA (paper Sec 4.3)", oblivious_attack="PGDu"),
+    # the search's figures on the validation split
+    Figure(PROBE, ADAPTIVE, "adaptive probe: PGD on M_t∘G∘E (CE+margin, few steps, val subset)",
+           "adaptive probe (val, PGD CE+margin through M_t∘G∘E)", oblivious_attack="PGDu", split=VAL),
+    Figure(WORST_WITH_PROBE, ADAPTIVE, "worst unknown attack, the adaptive probe included (val)",
+           "worst unknown incl. adaptive probe (val)", split=VAL),
 )
 FIGURES: dict[str, Figure] = {f.name: f for f in _FIXED}
-ADAPTIVE_FIGURES: tuple[str, ...] = tuple(f.name for f in _FIXED if f.is_adaptive)
+ADAPTIVE_FIGURES: tuple[str, ...] = tuple(f.name for f in _FIXED if f.is_adaptive and f.split is None)  # addd.adaptive's
 WORST_FIGURES: tuple[str, ...] = (WORST_UNKNOWN, WORST_PER_SAMPLE, WORST_HOLDOUT)
 # the rows of the report's overview, in order
 SUMMARY_FIGURES: tuple[str, ...] = (CLEAN, RECONSTRUCTION, *WORST_FIGURES, "adaptive.pgd_worst")
@@ -171,7 +189,10 @@ def figure(name: str) -> Figure:
 
 def from_summary(section: str, key: str) -> Figure:
     """The figure stored under ``summary[...][section][key]``."""
-    return figure(f"{ADAPTIVE_PREFIX}{key}" if section == ADAPTIVE_SECTION else key)
+    fig = figure(f"{ADAPTIVE_PREFIX}{key}" if section == ADAPTIVE_SECTION else key)
+    if fig.section != section:
+        raise FigureError(f"figure {fig.name!r} is stored in section {fig.section!r}, not {section!r}")
+    return fig
 
 
 def adaptive_beside(attack: str) -> Figure | None:
@@ -198,7 +219,7 @@ def trial_metrics(values: Mapping[str, float], split: str = TEST) -> dict[str, f
 def parent_metrics(defense: str, entry: Mapping[str, Mapping[str, Mapping[str, float]]]) -> dict[str, float]:
     """The parent run's means of a summary entry (``{"test": {...}, "adaptive": {...}}``)."""
     out: dict[str, float] = {}
-    for section in (TEST, ADAPTIVE_SECTION):
+    for section in (TEST, ADAPTIVE_SECTION, VAL):
         for key, stats in entry.get(section, {}).items():
             out[from_summary(section, key).parent_metric(defense)] = stats["mean"]
     return out

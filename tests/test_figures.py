@@ -65,3 +65,13 @@ def test_parent_metrics_of_a_summary_entry():
              "adaptive": {"pgd_worst": {"mean": 0.0}}}
     assert F.parent_metrics("full", entry) == {"full/test/oblivious/PGDu": 0.5, "full/test/oblivious/worst.unknown": 0.25,
                                                "full/adaptive/pgd_worst": 0.0}
+
+
+def test_the_search_probe_is_an_adaptive_validation_figure_named_probe():
+    probe = F.figure(F.PROBE)
+    assert probe.is_adaptive and "probe" in probe.trial_key() and probe.trial_key() == "val/probe.pgd_worst"
+    assert (probe.section, probe.key) == ("val", "probe.pgd_worst")
+    assert probe.parent_metric("full") == "full/val/adaptive/probe.pgd_worst"
+    assert F.from_summary("val", probe.key) == probe
+    with pytest.raises(F.FigureError, match="section 'val', not 'test'"):
+        F.from_summary("test", probe.key)
