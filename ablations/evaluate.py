@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, console=None) -> dict:
     from addd.adaptive import evaluate_adaptive_suite
-    from sweeps.console import Console, timed_map
+    from ablations.console import Console, timed_map
 
     console = console or Console()
 
@@ -180,7 +180,7 @@ def side_by_side(suite, report):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweeps.console import Console  # one line per adversarial set here; the detail in <out>/evaluate.log
+    from ablations.console import Console  # one line per adversarial set here; the detail in <out>/evaluate.log
 
     args = parse_args(argv)
     console = Console(verbose=args.verbose).configure_logging()

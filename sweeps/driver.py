@@ -137,7 +137,7 @@ def build_sets(plan: Plan, dataset, task_gpus: float, on_event=None):
     from addd.advcache import AdvCache, AdvRequest
     from addd.target_models import get_target_model
     from sweeps import _ray
-    from sweeps.console import adv_set_origin
+    from ablations.console import adv_set_origin
     from sweeps.trial import SplitSets
 
     s = plan.space
