@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 import addd
-from addd.advcache import AdvCache, AdvRequest
+from addd.advcache import AdvCache, split_requests
 from addd.attack_names import ATTACK_NAMES
 from addd.data import DATASET_NAMES, load_dataset
 from addd.errors import AdddError
@@ -117,11 +117,8 @@ def run(args: argparse.Namespace, console=None) -> dict:
     x, y = data.test.x, data.test.y
 
     cache = AdvCache.under(cache_dir)  # the sweep's cache: its sets are reused, not regenerated
-    requests = [
-        AdvRequest(args.dataset, "test", x, y, model, attack, model_sha256=target.weights_sha256,
-                   budget=args.budget, seed=args.seed, device=args.device)
-        for attack in args.attacks
-    ]
+    requests = split_requests(args.dataset, "test", x, y, target, args.attacks, budget=args.budget, device=args.device,
+                              seed=args.seed)
     adv_sets = cache.get_many(requests, map_fn=timed_map(console, "test"), progress=console.progress_fn())
     console.flush_cached()
     known = list(defense.config.known_attacks)

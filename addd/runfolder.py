@@ -34,6 +34,9 @@ CURVE_FILE = "robustness_curve.csv"
 METRICS_FILE = "metrics.json"  # a study final's figures; written last: its presence means that final is done
 FINAL_FILES = (CURVE_FILE, PER_EXAMPLE_FILE, IMAGES_FILE)  # what the sweep keeps of every final trial
 
+MLFLOW_JOURNAL_FILE = "mlflow_journal.jsonl"  # every MLflow call that failed, in order, for --sync-mlflow
+MLFLOW_JOURNAL_FILES_DIR = "mlflow_journal_files"  # copies of artifacts (figures, curves) the server missed
+
 # folders, also the artifact paths on the MLflow parent run
 FINALS_DIR = "finals"
 REPORT_DIR = "report"
@@ -110,11 +113,11 @@ class RunFolder:
 
     @property
     def mlflow_journal(self) -> Path:
-        return self.root / "mlflow_journal.jsonl"
+        return self.root / MLFLOW_JOURNAL_FILE
 
     @property
     def mlflow_journal_files(self) -> Path:
-        return self.root / "mlflow_journal_files"
+        return self.root / MLFLOW_JOURNAL_FILES_DIR
 
     @property
     def ray_results(self) -> Path:
