@@ -1,4 +1,4 @@
-"""The ablation study end to end (slow): a small digits sweep, then ``python -m ablations.run
+"""The ablation study end to end (slow): a small digits sweep, then ``python -m sweeps.study
 --sweep``; every figure of summary.json and the report checked against the per-run metrics in
 MLflow (means, stds, intervals and differences recomputed here), images checked, the study
 idempotent and reading the sweep's cached sets only."""
@@ -22,13 +22,13 @@ ATTACKS = ["PGDu", "PGDt", "CWu", "LSu", "BAu"]
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # in-process MLflow tests set it
-    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(tmp_path / "nothing")], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "sweeps.study", "--sweep", str(tmp_path / "nothing")], cwd=REPO,
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "tracking-uri" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(tmp_path)], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "sweeps.study", "--sweep", str(tmp_path)], cwd=REPO,
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and "no summary.json" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", "nothing-here", "--tracking-uri",
+    out = subprocess.run([sys.executable, "-m", "sweeps.study", "--sweep", "nothing-here", "--tracking-uri",
                           f"sqlite:///{tmp_path / 'x.db'}"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "run id" in out.stderr
     assert not (tmp_path / "x.db").exists()  # a name that is no run id is refused before MLflow is touched
@@ -43,7 +43,7 @@ def study(tmp_path_factory):
     out = subprocess.run(sweep, cwd=root, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     entries = sorted(p.parent for p in (cache / "advcache").rglob("manifest.json"))
-    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(run_dir), "--n-boot", "500"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "sweeps.study", "--sweep", str(run_dir), "--n-boot", "500"], cwd=REPO,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     return run_dir, cache, entries
@@ -147,7 +147,7 @@ def test_images_are_valid_pngs_of_sensible_size(study):
 
 @pytest.mark.slow
 def test_the_study_is_idempotent_and_never_regenerates_sets(study):
-    from ablations.study import StudyError, load_sets, run_study
+    from sweeps.study import StudyError, load_sets, run_study
 
     run_dir, cache, entries_before = study
     assert sorted(p.parent for p in (cache / "advcache").rglob("manifest.json")) == entries_before
@@ -166,7 +166,7 @@ def test_the_study_is_idempotent_and_never_regenerates_sets(study):
 
 
 def test_parallel_study_starts_the_longest_finals_first():
-    from ablations.study import Job, expected_cost
+    from sweeps.study import Job, expected_cost
 
     def job(name, seed):
         return Job(name, "baseline" if not name.startswith("fixed-") else "fixed", seed, {}, ("PGDu",), lambda: None)
