@@ -156,12 +156,16 @@ def run(args: argparse.Namespace, console=None) -> dict:
         result["adaptive"] = suite.to_metrics()
         result["adaptive_seed"] = args.seed
     if args.out:
-        out = Path(args.out)
-        atomic_write_bytes(out / "oblivious.csv", oblivious.to_csv(index=False).encode())
-        if side is not None:
-            atomic_write_bytes(out / "adaptive.csv", side.to_csv(index=False).encode())
-        atomic_write_bytes(out / "evaluation.json", json.dumps(result, indent=2, default=str).encode())
+        _write(Path(args.out), oblivious, side, result)
     return result
+
+
+def _write(out: Path, oblivious, side, result: dict) -> None:
+    """oblivious.csv, adaptive.csv (if the adaptive attacks ran) and evaluation.json into ``out``."""
+    atomic_write_bytes(out / "oblivious.csv", oblivious.to_csv(index=False).encode())
+    if side is not None:
+        atomic_write_bytes(out / "adaptive.csv", side.to_csv(index=False).encode())
+    atomic_write_bytes(out / "evaluation.json", json.dumps(result, indent=2, default=str).encode())
 
 
 def side_by_side(suite, report):

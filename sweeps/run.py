@@ -2,7 +2,7 @@
 
 What it does: loads the space's dataset, trains (or loads) the target model, builds every
 oblivious adversarial set once through the cache (parallel Ray tasks), then, for each ablation
-variant (full, no_dp, no_prior), runs the same budget of trials picked by seeded Optuna TPE and
+variant of the space (full and its ablations), runs the same budget of trials picked by seeded Optuna TPE and
 stopped early by ASHA, maximising the worst-case unknown-attack accuracy on the validation
 split. Each variant's best config is re-run over ``--seeds`` seeds and evaluated on the test
 split. Results: ``<run dir>/summary.json``, ``<run dir>/report/`` (tables, Fig-12 plot, Optuna
