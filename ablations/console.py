@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence, TextIO
 
 OUR_PACKAGES = ("addd", "sweeps", "ablations")
-# loggers whose INFO records are progress a person waits for (the study after the search: minutes each)
-PROGRESS_LOGGERS = ("sweeps.study",)
 # third-party loggers that say too much even for the log file
 _QUIET = ("sqlalchemy", "alembic", "matplotlib", "PIL", "filelock", "urllib3", "fsspec", "asyncio", "h5py",
           "numexpr", "git", "graphviz", "huey", "httpx", "httpcore")
@@ -76,7 +74,7 @@ class _ToConsole(logging.Handler):
             return True
         if record.levelno >= logging.WARNING:
             return record.name.split(".")[0] in OUR_PACKAGES
-        return record.name in PROGRESS_LOGGERS
+        return record.name in self.console.progress_loggers
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -118,6 +116,8 @@ def adv_set_origin(adv_set: Any, since: float) -> str:
 
 class Console:
     """Lines for a person on ``stream``, and the log file beside them."""
+
+    progress_loggers: tuple[str, ...] = ()  # loggers whose INFO records a person waits for (shown without -v)
 
     def __init__(self, stream: TextIO | None = None, *, verbose: bool = False, live: bool | None = None):
         self.stream = stream or sys.stdout

@@ -43,6 +43,8 @@ def _trial_key(spec) -> str:
 class SweepConsole(Console):
     """The console of ``python sweeps/run.py``: ``on_event`` is the driver's event hook."""
 
+    progress_loggers = ("sweeps.study",)  # the study after the search: minutes per final
+
     def begin(self, plan) -> None:
         s = plan.space
         self.variants = {v: VariantProgress(plan.num_samples, plan.seeds) for v in s.variants}
