@@ -28,7 +28,7 @@ from pathlib import Path
 
 
 import addd
-from addd.advcache import AdvCache, AdvRequest
+from addd.advcache import AdvCache, split_requests
 from addd.attack_names import ATTACK_NAMES
 from addd.data import DATASET_NAMES, load_dataset
 from addd.errors import AdddError
@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, console=None) -> dict:
     from addd.adaptive import evaluate_adaptive_suite
-    from sweeps.console import Console, timed_map
+    from ablations.console import Console, timed_map
 
     console = console or Console()
 
@@ -117,11 +117,8 @@ def run(args: argparse.Namespace, console=None) -> dict:
     x, y = data.test.x, data.test.y
 
     cache = AdvCache.under(cache_dir)  # the sweep's cache: its sets are reused, not regenerated
-    requests = [
-        AdvRequest(args.dataset, "test", x, y, model, attack, model_sha256=target.weights_sha256,
-                   budget=args.budget, seed=args.seed, device=args.device)
-        for attack in args.attacks
-    ]
+    requests = split_requests(args.dataset, "test", x, y, target, args.attacks, budget=args.budget, device=args.device,
+                              seed=args.seed)
     adv_sets = cache.get_many(requests, map_fn=timed_map(console, "test"), progress=console.progress_fn())
     console.flush_cached()
     known = list(defense.config.known_attacks)
@@ -159,12 +156,16 @@ def run(args: argparse.Namespace, console=None) -> dict:
         result["adaptive"] = suite.to_metrics()
         result["adaptive_seed"] = args.seed
     if args.out:
-        out = Path(args.out)
-        atomic_write_bytes(out / "oblivious.csv", oblivious.to_csv(index=False).encode())
-        if side is not None:
-            atomic_write_bytes(out / "adaptive.csv", side.to_csv(index=False).encode())
-        atomic_write_bytes(out / "evaluation.json", json.dumps(result, indent=2, default=str).encode())
+        _write(Path(args.out), oblivious, side, result)
     return result
+
+
+def _write(out: Path, oblivious, side, result: dict) -> None:
+    """oblivious.csv, adaptive.csv (if the adaptive attacks ran) and evaluation.json into ``out``."""
+    atomic_write_bytes(out / "oblivious.csv", oblivious.to_csv(index=False).encode())
+    if side is not None:
+        atomic_write_bytes(out / "adaptive.csv", side.to_csv(index=False).encode())
+    atomic_write_bytes(out / "evaluation.json", json.dumps(result, indent=2, default=str).encode())
 
 
 def side_by_side(suite, report):
@@ -180,7 +181,7 @@ def side_by_side(suite, report):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweeps.console import Console  # one line per adversarial set here; the detail in <out>/evaluate.log
+    from ablations.console import Console  # one line per adversarial set here; the detail in <out>/evaluate.log
 
     args = parse_args(argv)
     console = Console(verbose=args.verbose).configure_logging()

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from addd.runfolder import CURVE_FILE, IMAGES_FILE, RunFolder, final_folder, parse_final_folder
+
 DEFENDED = "acc.defended."
 UNDEFENDED = "acc.undefended."
 KIND_TITLES = {"tuned": "tuned ablation (own search)", "fixed": "fixed ablation (full's best config, one part removed)",
@@ -305,17 +307,18 @@ def _fig12_check(summary: Mapping[str, Any]) -> str:
             held = "is reversed (full is lower, outside noise)"
         parts.append(f"- full ≥ {name} on worst unknown attack: {held}; {name} − full = {d['difference']:+.3f}, "
                      f"95% interval [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], {d['n_seeds']} seed(s) × {d['n_examples']} test examples.")
-    return "\n".join(parts) if parts else "- not computed (no comparisons in the summary; run `python -m ablations.run`)."
+    return "\n".join(parts) if parts else "- not computed (no comparisons in the summary; run `python -m sweeps.study --sweep <run folder>`)."
 
 
 # ----------------------------------------------------------------------------- files
 def curve_frames(finals_dir: Path | None) -> dict[str, pd.DataFrame]:
     """defense -> its robustness curves (finals/<defense>-seed<k>/robustness_curve.csv), stacked."""
     frames: dict[str, list[pd.DataFrame]] = {}
-    found = sorted(Path(finals_dir).glob("*-seed*/robustness_curve.csv")) if finals_dir and Path(finals_dir).exists() else []
+    found = sorted(Path(finals_dir).glob(f"*/{CURVE_FILE}")) if finals_dir and Path(finals_dir).exists() else []
     for path in found:
-        name, _, seed = path.parent.name.rpartition("-seed")
-        frames.setdefault(name, []).append(pd.read_csv(path).assign(seed=int(seed)))
+        parsed = parse_final_folder(path.parent.name)
+        if parsed is not None:
+            frames.setdefault(parsed[0], []).append(pd.read_csv(path).assign(seed=parsed[1]))
     return {v: pd.concat(f, ignore_index=True) for v, f in frames.items()}
 
 
@@ -347,7 +350,7 @@ def build_report(summary: Mapping[str, Any], out_dir: Path, finals_dir: Path | N
     best = summary.get("best")
     restored = None
     if best and finals_dir:
-        images = Path(finals_dir) / f"{best['variant']}-seed{best['seed']}" / "restored.safetensors"
+        images = Path(finals_dir) / final_folder(best["variant"], best["seed"]) / IMAGES_FILE
         if images.exists():
             from addd.storage import load_tensors
 
@@ -411,7 +414,7 @@ def _report_text(summary, title, searches, restored, curves: bool, optuna_plots)
                 _markdown(pd.DataFrame(rows)), "\nIn words:\n", *_words(summary), "",
                 "Paper Fig 12 ordering (full ≥ no_prior, no_dp on unknown attacks):\n", _fig12_check(summary), ""]
     else:
-        out.append("Not computed: run `python -m ablations.run --sweep <run folder>` for fixed ablations, baselines and "
+        out.append("Not computed: run `python -m sweeps.study --sweep <run folder>` for fixed ablations, baselines and "
                    "intervals.\n")
     out.append("## Each defense: undefended / oblivious / adaptive per attack\n")
     for name, (kind, entry) in defenses.items():
@@ -458,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:
         print(f"error: cannot read {args.summary}: {exc}; give the summary.json of a finished sweep", file=sys.stderr)
         return 2
-    for path in build_report(summary, args.out or args.summary.parent / "report", args.summary.parent / "finals"):
+    folder = RunFolder(args.summary.parent)
+    for path in build_report(summary, args.out or folder.report, folder.finals):
         print(path)
     return 0
 

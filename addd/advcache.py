@@ -230,6 +230,11 @@ class AdvCache:
 
     # ---- public API -----------------------------------------------------------------------
 
+    def has(self, request: AdvRequest) -> bool:
+        """Whether the entry ``request`` asks for is stored (complete: entries appear whole), without reading it."""
+        entry = self.entry_dir(request)
+        return (entry / MANIFEST_FILE).is_file() and (entry / TENSORS_FILE).is_file()
+
     def get_or_create(self, request: AdvRequest, progress: ProgressFn | None = None) -> AdvSet:
         """Read the entry for ``request``, or generate, store and return it (once across workers)."""
         fields = self.key_fields(request)
@@ -498,3 +503,13 @@ def _json_sha256(obj: Any) -> str:
 def _jsonable(params: Mapping[str, Any]) -> dict[str, Any]:
     """Round-trip through JSON (non-JSON values become strings) so the manifest checksum is stable."""
     return json.loads(json.dumps(dict(params), sort_keys=True, default=str))
+
+
+def split_requests(dataset: str, split: str, x: torch.Tensor, y: torch.Tensor, target: Any, attacks: Iterable[str], *,
+                   budget: float, device: str, seed: int = 0) -> list[AdvRequest]:
+    """The requests for one split's adversarial sets as a sweep makes them: each attack on the
+    target model ``target`` (a ``TargetModel``: its ``model`` and ``weights_sha256``) at ``budget``
+    with ``seed``. The sweep's driver, its study and ``ablations.evaluate`` all ask through this,
+    so they hit the same cache entries."""
+    return [AdvRequest(dataset, split, x, y, target.model, attack, model_sha256=target.weights_sha256, budget=budget,
+                       seed=seed, device=device) for attack in attacks]

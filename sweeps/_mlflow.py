@@ -18,21 +18,23 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from addd.errors import AdddError
+from addd.runfolder import MLFLOW_JOURNAL_FILE, MLFLOW_JOURNAL_FILES_DIR, RunFolder
 
 log = logging.getLogger(__name__)
 
-JOURNAL_FILE = "mlflow_journal.jsonl"  # every MLflow call that failed, in order, for --sync-mlflow
-JOURNAL_FILES_DIR = "mlflow_journal_files"  # copies of artifacts (figures, curves) the server missed
+JOURNAL_FILE = MLFLOW_JOURNAL_FILE  # every MLflow call that failed, in order, for --sync-mlflow
+JOURNAL_FILES_DIR = MLFLOW_JOURNAL_FILES_DIR  # copies of artifacts (figures, curves) the server missed
 PENDING = "pending:"  # run-id prefix of a child run the server has not created yet
 RETRY_SECONDS = 30.0  # how often an offline tracker tries the server again
 
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "addd.trial_key"
+RUN_DIR_TAG = "addd.run_dir"  # on a parent run: its run folder (python -m sweeps.study --sweep <run id> finds it)
 _MAX_PARAM = 6000  # MLflow's param value limit (chars)
 
 
 def default_tracking_uri(run_dir: Path) -> str:
-    return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+    return RunFolder(run_dir).default_tracking_uri
 
 
 class TrackingError(AdddError):
@@ -141,6 +143,23 @@ class Tracker:
                   "params": dict(params), "tags": dict(tags)}
         return self._call(record, lambda: _find_or_create_child(self.client, self.experiment_id, parent_id, key, name,
                                                                  params, tags, reopen=True), fallback=PENDING + key)
+
+    def find_child(self, parent_id: str, key: str) -> tuple[str, str] | None:
+        """(run id, status) of the child run for ``key`` under ``parent_id``, or None if there is
+        none. While MLflow is unreachable (a journalling tracker) this is None: the journalled
+        :meth:`child` call then finds or creates the run when the journal is replayed."""
+        if not self.online and self.journal is not None and not self._try_reconnect():
+            return None
+        try:
+            run_id = _find_child(self.client, self.experiment_id, parent_id, key)
+            return None if run_id is None else (run_id, self.client.get_run(run_id).info.status)
+        except Exception as exc:  # noqa: BLE001 - offline from here; the journal keeps the writes
+            if self.journal is None:
+                raise
+            log.warning("MLflow at %s failed (%s); recording to %s until it answers again",
+                        self.tracking_uri, _one_line(exc), self.journal)
+            self.online, self._offline_since = False, time.monotonic()
+            return None
 
     def set_tags(self, run_id: str, tags: Mapping[str, str]) -> None:
         run_id = self._run_id(run_id)
@@ -303,3 +322,26 @@ def sync(journal: Path, tracking_uri: str, client=None, resolved: dict[str, str]
 def _metric_name(key: str) -> str:
     # MLflow accepts letters, digits, _ - . / and spaces; Ray's keys already fit.
     return key.replace(":", "_")
+
+
+def run_dir_of(tracking_uri: str, run_id: str) -> str:
+    """The run folder of the sweep whose MLflow parent run is ``run_id``: its ``addd.run_dir``
+    tag, else the ``run_dir`` of its ``plan.json`` artifact (every sweep logs it)."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # a SQLite store's migrations are not the user's concern
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        raise TrackingError(f"no MLflow run {run_id!r} at {tracking_uri} ({str(exc).splitlines()[0]}); "
+                            f"pass a run folder or a parent run id") from None
+    run_dir = run.data.tags.get(RUN_DIR_TAG)
+    if run_dir:
+        return run_dir
+    try:
+        local = client.download_artifacts(run_id, RunFolder(Path(".")).plan.name)
+        return json.loads(Path(local).read_text())["run_dir"]
+    except (MlflowException, OSError, ValueError, KeyError) as exc:
+        raise TrackingError(f"run {run_id} names no run folder (no {RUN_DIR_TAG} tag, no readable plan.json: {exc})") from None

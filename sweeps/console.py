@@ -1,4 +1,5 @@
-"""What a person sees: the one place that formats the console of a sweep and of ``ablations.evaluate``.
+"""What a person sees of a sweep: the console of ``python sweeps/run.py``, on the base console
+of :mod:`ablations.console` (logging, the log file, lines, adversarial-set lines).
 
 On a terminal: a live table per ablation variant (search trials done / running / stopped early /
 failed, finals done, best objective so far) with elapsed and remaining time, and one line above it
@@ -6,264 +7,20 @@ per adversarial set as it is built. Not on a terminal (CI, ``> file``): plain li
 codes, no carriage returns: one per adversarial set and one per finished trial.
 
 Everything else (every log record, Ray's driver and worker output, warnings) goes to the log file
-in the run folder (``sweep.log``); ``-v`` shows it live too. Log records wait in memory until the
-run folder exists (a bad command line writes nothing) and are then written there.
-
-``rich`` draws the live display; nothing else in the project imports it.
+in the run folder (``sweep.log``); ``-v`` shows it live too.
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import os
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TextIO
+from typing import Any, Mapping
 
+from ablations.console import Console, duration
+from addd.runfolder import RunFolder
 from sweeps.trialspec import EPOCH, FAILURE, SEARCH, ended_early
-
-LOG_FILE = "sweep.log"
-OUR_PACKAGES = ("addd", "sweeps", "ablations")
-# loggers whose INFO records are progress a person waits for (the study after the search: minutes each)
-PROGRESS_LOGGERS = ("ablations.study",)
-# third-party loggers that say too much even for the log file
-_QUIET = ("sqlalchemy", "alembic", "matplotlib", "PIL", "filelock", "urllib3", "fsspec", "asyncio", "h5py",
-          "numexpr", "git", "graphviz", "huey", "httpx", "httpcore")
-_FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-# ----------------------------------------------------------------------------- logging
-class _Buffer(logging.Handler):
-    """Keeps records until the log file can be opened, then hands them over."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self.target: logging.Handler | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if self.target is not None:
-            self.target.handle(record)
-        elif len(self.records) < 100_000:
-            self.records.append(record)
-
-    def open(self, target: logging.Handler) -> None:
-        self.acquire()
-        try:
-            for record in self.records:
-                target.handle(record)
-            self.records.clear()
-            self.target = target
-        finally:
-            self.release()
-
-    def close(self) -> None:
-        if self.target is not None:
-            self.target.close()
-        super().close()
-
-
-class _ToConsole(logging.Handler):
-    """Log records on the console: ours from WARNING on, progress loggers' INFO (everything with ``-v``)."""
-
-    def __init__(self, console: "Console", verbose: bool) -> None:
-        super().__init__(logging.DEBUG if verbose else logging.INFO)
-        self.console, self.verbose = console, verbose
-        self.setFormatter(logging.Formatter(_FILE_FORMAT, "%H:%M:%S") if verbose else _ShortFormatter(console))
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.verbose:
-            return True
-        if record.levelno >= logging.WARNING:
-            return record.name.split(".")[0] in OUR_PACKAGES
-        return record.name in PROGRESS_LOGGERS
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.console.line(self.format(record))
-        except Exception:  # noqa: BLE001
-            self.handleError(record)
-
-
-class _ShortFormatter(logging.Formatter):
-    def __init__(self, console: "Console") -> None:
-        super().__init__()
-        self.console = console
-
-    def format(self, record: logging.LogRecord) -> str:  # tracebacks stay in the log file
-        if record.levelno < logging.WARNING:
-            return f"{self.console.stamp()} {record.getMessage()}"
-        return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
-# ----------------------------------------------------------------------------- the console
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
-
-
-def adv_set_origin(adv_set: Any, since: float) -> str:
-    """"generated" if the cache entry behind ``adv_set`` was written after ``since`` (a time.time()),
-    else "cached"."""
-    created = getattr(getattr(adv_set, "manifest", None), "created", None)
-    try:
-        return "generated" if created and datetime.fromisoformat(created).timestamp() >= since - 1 else "cached"
-    except ValueError:
-        return "cached"
-
-
-class Console:
-    """Lines for a person on ``stream``, and the log file beside them."""
-
-    def __init__(self, stream: TextIO | None = None, *, verbose: bool = False, live: bool | None = None):
-        self.stream = stream or sys.stdout
-        self.verbose = verbose
-        self.live = self._isatty() if live is None else live
-        self.start = time.time()
-        self.log_path: Path | None = None
-        self._lock = threading.RLock()
-        self._rich = None
-        self._live = None
-        self._buffer: _Buffer | None = None
-        self._cached: tuple[str, list[str]] | None = None
-        self._handlers: list[logging.Handler] = []
-        self._root_level = logging.WARNING
-        if self.live:
-            from rich.console import Console as RichConsole
-
-            self._rich = RichConsole(file=self.stream, highlight=False, soft_wrap=True)
-
-    def _isatty(self) -> bool:
-        try:
-            return self.stream.isatty()
-        except (AttributeError, ValueError):
-            return False
-
-    # -- logging
-    def configure_logging(self) -> "Console":
-        """Route every log record to the log file (opened later by :meth:`open_log`), ours from
-        WARNING on (everything with ``verbose``) to the console."""
-        root = logging.getLogger()
-        self._root_level = root.level
-        root.setLevel(logging.INFO)
-        for name in OUR_PACKAGES:
-            logging.getLogger(name).setLevel(logging.DEBUG)
-        for name in _QUIET:
-            logging.getLogger(name).setLevel(logging.WARNING)
-        logging.captureWarnings(True)
-        os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # else MLflow prints to stderr itself
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per finished run
-        self._buffer = _Buffer()
-        self._handlers = [self._buffer, _ToConsole(self, self.verbose)]
-        for handler in self._handlers:
-            root.addHandler(handler)
-        return self
-
-    @staticmethod
-    def adopt_loggers() -> None:
-        """Libraries that print through handlers of their own (Optuna, MLflow when imported before
-        :meth:`configure_logging`) pass their records to ours instead."""
-        for name in ("mlflow", "optuna", "ray"):
-            logger = logging.getLogger(name)
-            if logger.handlers:
-                logger.handlers.clear()
-            logger.propagate = True
-
-    def open_log(self, path: Path) -> Path:
-        """Start writing the log file (appending: a resumed sweep keeps its history)."""
-        if self._buffer is None or self.log_path is not None:
-            return self.log_path or path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8", delay=False)
-        handler.setFormatter(logging.Formatter(_FILE_FORMAT))
-        self._buffer.open(handler)
-        self.log_path = path
-        return path
-
-    def close(self) -> None:
-        """Stop the live display and give the root logger back as it was (in-process callers)."""
-        self.stop_live()
-        self.flush_cached()
-        root = logging.getLogger()
-        for handler in self._handlers:
-            root.removeHandler(handler)
-            handler.close()
-        self._handlers = []
-        if self._buffer is not None:
-            root.setLevel(self._root_level)
-            self._buffer = None
-
-    # -- output
-    def line(self, text: str) -> None:
-        """One line for a person (above the live display when there is one)."""
-        with self._lock:
-            if self._rich is not None:
-                self._rich.print(text, markup=False, highlight=False)
-            else:
-                self.stream.write(text + "\n")
-                self.stream.flush()
-
-    def elapsed(self) -> str:
-        return _duration(time.time() - self.start)
-
-    def stamp(self) -> str:
-        return f"[{self.elapsed():>6}]"
-
-    # -- live display (terminal only)
-    def start_live(self, render: Callable[[], Any]) -> None:
-        if self._rich is None or self._live is not None:
-            return
-        from rich.live import Live
-
-        class _Renderable:
-            def __rich__(self_inner):
-                return render()
-
-        self._live = Live(_Renderable(), console=self._rich, refresh_per_second=1, transient=False,
-                          redirect_stdout=False, redirect_stderr=False)
-        self._live.start()
-
-    def stop_live(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
-
-    # -- adversarial sets
-    def adv_set(self, attack: str, split: str, seconds: float, origin: str) -> None:
-        """One line per generated set; sets read from the cache are gathered into one line per split."""
-        if origin == "cached":
-            if self._cached and self._cached[0] != split:
-                self.flush_cached()
-            self._cached = (split, [*(self._cached[1] if self._cached else []), attack])
-            return
-        self.flush_cached()
-        self.line(f"{self.stamp()} adversarial set {attack:<8} {split:<5} generated in {seconds:.1f}s")
-
-    def flush_cached(self) -> None:
-        if self._cached:
-            split, attacks = self._cached
-            self._cached = None
-            self.line(f"{self.stamp()} adversarial sets {split:<5} {len(attacks)} from the cache: {' '.join(attacks)}")
-
-    def progress_fn(self) -> Callable[[str, int, int], None]:
-        """A ``progress(attack, done, total)`` for ``AdvCache.get_many``: chunk progress goes to the
-        log file only (the console gets one line per set from :meth:`adv_set`)."""
-        log = logging.getLogger("addd.advcache.progress")
-
-        def progress(attack: str, done: int, total: int) -> None:
-            log.debug("%s: %d/%d examples", attack, done, total)
-
-        return progress
-
 
 # ----------------------------------------------------------------------------- the sweep
 @dataclass
@@ -285,6 +42,8 @@ def _trial_key(spec) -> str:
 
 class SweepConsole(Console):
     """The console of ``python sweeps/run.py``: ``on_event`` is the driver's event hook."""
+
+    progress_loggers = ("sweeps.study",)  # the study after the search: minutes per final
 
     def begin(self, plan) -> None:
         s = plan.space
@@ -361,7 +120,7 @@ class SweepConsole(Console):
 
     def _driver_event(self, event: str, data: Mapping[str, Any]) -> None:
         if event == "run_dir":
-            path = self.open_log(Path(data["path"]) / LOG_FILE)
+            path = self.open_log(RunFolder(Path(data["path"])).log)
             self.line(f"log: {path}  (-v shows it here)")
         elif event == "adv_set":
             return self.adv_set(data["attack"], data["split"], data["seconds"], data["origin"])
@@ -383,7 +142,7 @@ class SweepConsole(Console):
         if not self.finished or self.search_start is None:
             return "—"
         spent = time.time() - self.search_start
-        return "~" + _duration(spent / self.finished * max(0, self.total - self.finished))
+        return "~" + duration(spent / self.finished * max(0, self.total - self.finished))
 
     def _render(self):
         from rich.table import Table
@@ -405,7 +164,7 @@ class SweepConsole(Console):
         stopped = sum(v.stopped_early for v in self.variants.values())
         failed = sum(v.failed + v.finals_failed for v in self.variants.values())
         self.line(f"sweep done in {self.elapsed()}: {trials} trials ({stopped} stopped early, {failed} failed)")
-        report = summary_path.parent / "report" / "report.md"
+        report = RunFolder(summary_path.parent).report_md
         self.line(f"summary: {summary_path}")
         self.line(f"report:  {report if report.exists() else report.parent}")
         if self.log_path:
@@ -432,20 +191,3 @@ def mlflow_lines(tracking_uri: str, experiment_id: str | None, parent_run_id: st
         lines = [f"mlflow:  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000",
                  f"         then open {runs_page('http://127.0.0.1:5000', experiment_id)}"]
     return lines + [click]
-
-
-# ----------------------------------------------------------------------------- ablations.evaluate
-def timed_map(console: Console, split: str) -> Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]:
-    """A ``map_fn`` for ``AdvCache.get_many`` that runs the requests one after another and prints
-    one line per set (attack, split, seconds, cached or generated)."""
-
-    def map_fn(fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        results = []
-        for item in items:
-            since, start = time.time(), time.perf_counter()
-            result = fn(item)
-            console.adv_set(item.attack, split, time.perf_counter() - start, adv_set_origin(result, since))
-            results.append(result)
-        return results
-
-    return map_fn

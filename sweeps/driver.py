@@ -4,7 +4,8 @@
    adversarial set (once, through the shared cache), the MLflow parent run;
 2. search: one Tuner runs every variant's search and its seed re-runs (``sweeps.schedule``);
    finals attack their defense adaptively and draw its robustness curve;
-3. publish: ``summary.json`` (always written), the best defense, the report, MLflow.
+3. publish: ``summary.json`` (always written), the best defense, the study (``sweeps.study``,
+   on what prepare built), the report, MLflow.
 
 ``run.py`` builds the :class:`sweeps.plan.Plan`; :func:`run_sweep` executes it.
 """
@@ -21,15 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from addd.runfolder import BEST_DIR, FINAL_FILES, REPORT_DIR, RunFolder
 from sweeps.plan import Plan, SweepError
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "sweep.json"
-EVENTS_FILE = "events.jsonl"
-TIMINGS_FILE = "timings.json"
-BEST_DIR = "best_defense"
-FINALS_DIR = "finals"  # <variant>-seed<k>/: per-example correctness, robustness curve, restored images
 
 
 # ----------------------------------------------------------------------------- state
@@ -44,7 +40,7 @@ class SweepState:
 
     @classmethod
     def open(cls, plan: Plan) -> "SweepState":
-        path = plan.run_dir / STATE_FILE
+        path = plan.folder.state
         if path.exists():
             if not plan.resume:
                 raise SweepError(
@@ -61,7 +57,7 @@ class SweepState:
                 )
             return state
         if plan.resume:
-            raise SweepError(f"nothing to resume in {plan.run_dir} (no {STATE_FILE}); drop --resume to start a new sweep "
+            raise SweepError(f"nothing to resume in {plan.run_dir} (no {path.name}); drop --resume to start a new sweep "
                              f"or pass the --run-dir of an interrupted one")
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         state = cls(space=plan.space.name, smoke=plan.smoke)
@@ -71,7 +67,7 @@ class SweepState:
     def save(self, run_dir: Path) -> None:
         from addd.storage import atomic_write_bytes
 
-        atomic_write_bytes(run_dir / STATE_FILE, json.dumps(dataclasses.asdict(self), indent=1).encode())
+        atomic_write_bytes(RunFolder(run_dir).state, json.dumps(dataclasses.asdict(self), indent=1).encode())
 
 
 @dataclass
@@ -95,11 +91,9 @@ class Prepared:
 # ----------------------------------------------------------------------------- prepare
 def load_data(plan: Plan):
     """The space's dataset with its splits (first thing a sweep does: a wrong --data-root fails fast)."""
-    from addd.data import load_dataset
+    from sweeps.trial import sweep_dataset
 
-    s, sizes = plan.space, plan.space.split_sizes()
-    return load_dataset(s.dataset, plan.data_root, n_train=s.n_train, n_val=s.n_val, n_test=s.n_test,
-                        seed=sizes["split_seed"], download=plan.download)
+    return sweep_dataset(plan.space, plan.data_root, download=plan.download)
 
 
 def _log_progress(attack: str, done: int, total: int) -> None:  # runs in Ray tasks
@@ -134,37 +128,30 @@ def build_sets(plan: Plan, dataset, task_gpus: float, on_event=None):
     Ray tasks; an ``adv_set`` event as each one is ready). Returns (target model entry, {split: SplitSets})."""
     import torch
 
-    from addd.advcache import AdvCache, AdvRequest
+    from ablations.console import adv_set_origin
+    from addd.advcache import AdvCache
     from addd.target_models import get_target_model
     from sweeps import _ray
-    from sweeps.console import adv_set_origin
-    from sweeps.trial import SplitSets
+    from sweeps.trial import cached_sets, sweep_requests
 
     s = plan.space
     # the plan's device: CPU and GPU training give different weights, hence different cache keys
     target = get_target_model(dataset, arch=s.target_arch, cache_dir=plan.cache_dir,
                               device="cuda" if plan.device == "cuda" and torch.cuda.is_available() else "cpu")
     target.model.cpu()  # trials and attack tasks move it to their own device
-    cache = AdvCache.under(plan.cache_dir)
-    splits = {}
-    for split, attacks in (("train", s.train_attacks()), ("val", s.attacks), ("test", s.attacks)):
-        data = getattr(dataset, split)
-        requests = [
-            AdvRequest(s.dataset, split, data.x, data.y, target.model, attack, model_sha256=target.weights_sha256,
-                       budget=s.attack_budget, seed=0, device=plan.device)
-            for attack in attacks
-        ]
+
+    def map_for(split: str):  # called as each split starts: sets written after `since` were generated
         since = time.time()
 
-        def on_done(request, adv_set, seconds, split=split, since=since):
+        def on_done(request, adv_set, seconds):
             _emit(on_event, "adv_set", {"attack": request.attack, "split": split, "seconds": seconds,
                                         "origin": adv_set_origin(adv_set, since)})
 
-        map_fn = lambda fn, items, split=split, on_done=on_done: _ray.parallel_map(  # noqa: E731
-            fn, items, label=f"adversarial sets ({split})", num_gpus=task_gpus, on_done=on_done
-        )
-        splits[split] = SplitSets(data.x, data.y, cache.get_many(requests, map_fn=map_fn, progress=_log_progress))
-    return target, splits
+        return lambda fn, items: _ray.parallel_map(fn, items, label=f"adversarial sets ({split})", num_gpus=task_gpus,
+                                                   on_done=on_done)
+
+    requests = sweep_requests(s, dataset, target, device=plan.device)
+    return target, cached_sets(dataset, AdvCache.under(plan.cache_dir), requests, map_for=map_for, progress=_log_progress)
 
 
 def _emit(on_event, event: str, data: dict) -> None:
@@ -175,13 +162,13 @@ def _emit(on_event, event: str, data: dict) -> None:
 
 def prepare(plan: Plan, on_event=None) -> Prepared:
     from sweeps import _mlflow, _ray
-    from sweeps.trial import Finalists, TrialContext
+    from sweeps.trial import build_context
 
     t0 = time.perf_counter()
     code_version = _code_version()
     dataset = load_data(plan)
     tracker = _mlflow.Tracker(plan.tracking_uri, plan.experiment, plan.artifact_location,  # fails fast if unreachable
-                              journal=plan.run_dir / _mlflow.JOURNAL_FILE)  # later failures: journalled
+                              journal=plan.folder.mlflow_journal)  # later failures: journalled
     state = SweepState.open(plan)
     _emit(on_event, "run_dir", {"path": str(plan.run_dir)})
     resources = _ray.init(plan.address, plan.num_cpus)
@@ -193,25 +180,15 @@ def prepare(plan: Plan, on_event=None) -> Prepared:
     # attack tasks pack onto the GPUs like trials (a whole GPU each would build the sets one by one)
     target, splits = build_sets(plan, dataset, task_gpus=plan.gpus_per_trial, on_event=on_event)
     s = plan.space
-    ctx = TrialContext(
-        train=splits["train"],
-        val=splits["val"],
-        test=splits["test"],
-        target_model=target.model,
-        holdout_attacks=tuple(s.holdout_attacks),
-        threads=max(1, int(plan.cpus_per_trial)),
-        events_path=str(plan.run_dir / EVENTS_FILE) if plan.address is None else None,
-        finalists=Finalists(dataset=s.dataset, n=s.adaptive_n, steps=s.adaptive_steps, autoattack=s.adaptive_autoattack,
-                            curve_points=s.curve_points, budget=s.attack_budget, curve_steps=s.curve_steps),
-        grid_examples=s.grid_examples,
-    )
+    ctx = build_context(s, splits, target.model, threads=plan.cpus_per_trial,
+                        events_path=str(plan.folder.events) if plan.address is None else None)
     if state.parent_run_id is None:
         tags = {"space": s.name, "smoke": str(plan.smoke), "code_version": code_version,
                 "data_fingerprint": dataset.fingerprint(), "target_model_sha256": target.weights_sha256,
-                "addd.run_dir": str(plan.run_dir)}  # python -m ablations.run --sweep <run id> finds the folder
+                _mlflow.RUN_DIR_TAG: str(plan.run_dir)}  # python -m sweeps.study --sweep <run id> finds the folder
         state.parent_run_id = tracker.start_parent(plan.study_name("sweep"), tags, plan.params())
         state.save(plan.run_dir)
-        plan_path = plan.run_dir / "plan.json"
+        plan_path = plan.folder.plan
         plan_path.write_text(json.dumps(plan.describe(), indent=1))
         tracker.log_artifact(state.parent_run_id, plan_path)
     _emit(on_event, "mlflow", {"experiment_id": tracker.experiment_id, "parent_run_id": state.parent_run_id})
@@ -275,95 +252,88 @@ def search(plan: Plan, prepared: Prepared, on_event=None) -> list:
 
 # ----------------------------------------------------------------------------- publish
 def summary_header(plan: Plan, prepared: Prepared) -> dict[str, Any]:
-    s, target, dataset = plan.space, prepared.target, prepared.dataset
-    return {
-        "space": s.name,
-        "smoke": plan.smoke,
-        "dataset": s.dataset,
-        "data_fingerprint": dataset.fingerprint(),
-        "splits": s.split_sizes() | {split: len(getattr(dataset, split)) for split in ("train", "val", "test")},
-        "target_model": {"arch": target.arch, "sha256": target.weights_sha256, "path": str(target.path),
-                         "clean_test_accuracy": target.clean_test_accuracy},
-        "attack_budget": s.attack_budget,
-        "eval_attacks": list(s.attacks),
-        "holdout_attacks": list(s.holdout_attacks),
-        "finalists": s.describe_finalists(),
-        "cache_dir": str(plan.cache_dir),
-        "code_version": prepared.code_version,
-        "mlflow_parent_run_id": prepared.parent,
-    }
+    """The sweep's summary header: ``sweeps.summary.summary_header`` plus the code and the parent run."""
+    from sweeps.summary import summary_header as header
+
+    return {**header(plan.space, plan.smoke, prepared.dataset, prepared.target, plan.cache_dir),
+            "code_version": prepared.code_version, "mlflow_parent_run_id": prepared.parent}
 
 
 def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     """summary.json (always), the best defense, the Optuna plots, the study (fixed ablations,
-    baselines, statistics: ``ablations.study``), the report and the parent run's figures."""
-    from ablations.report import build_report
-    from ablations.study import run_study
+    baselines, statistics: ``sweeps.study``, on what prepare built), the report and the parent
+    run's figures."""
     from addd.storage import atomic_write_bytes
-    from sweeps import _optuna, _ray
-    from sweeps.summary import SUMMARY_FILE, build_summary
-    from sweeps.trial import DEFENSE_FILE
+    from sweeps.summary import build_summary
     from sweeps.trialspec import FINAL, SEARCH
 
-    s, tracker, parent = plan.space, prepared.tracker, prepared.parent
+    s, tracker, parent, folder = plan.space, prepared.tracker, prepared.parent, plan.folder
     searches = {v: [o for o in outcomes if o.spec.phase == SEARCH and o.spec.variant == v] for v in s.variants}
     finals = [o for o in outcomes if o.spec.phase == FINAL]
-    best_artifact = f"{BEST_DIR}/{DEFENSE_FILE}"
     summary = build_summary(header=summary_header(plan, prepared), search=searches, final=finals,
-                            best_artifact=best_artifact)
-    finals_dir = plan.run_dir / FINALS_DIR
-    _collect_final_files(finals, finals_dir)
+                            best_artifact=folder.best_artifact)
+    _collect_final_files(finals, folder)
     if summary["best"] is not None:
         best = next(o for o in finals if o.trial_id == summary["best"]["trial_id"])
-        best_dir = plan.run_dir / BEST_DIR
-        shutil.rmtree(best_dir, ignore_errors=True)
-        best.checkpoint.copy_to(best_dir)
-        tracker.log_artifact(parent, best_dir / DEFENSE_FILE, BEST_DIR)
-    summary_path = plan.run_dir / SUMMARY_FILE
-    atomic_write_bytes(summary_path, json.dumps(summary, indent=1).encode())
-    tracker.log_artifact(parent, summary_path)
+        shutil.rmtree(folder.best_dir, ignore_errors=True)
+        best.checkpoint.copy_to(folder.best_dir)
+        tracker.log_artifact(parent, folder.best_defense, BEST_DIR)
+    atomic_write_bytes(folder.summary, json.dumps(summary, indent=1).encode())
+    tracker.log_artifact(parent, folder.summary)
     tracker.log_metrics(parent, parent_metrics(summary), step=0)
-
-    report_dir = plan.run_dir / "report"
-    paths = []
-    for variant in s.variants:
-        paths += _optuna.save_study_plots(plan.optuna_url, plan.study_name(variant), report_dir, variant)
-    for path in paths:
-        tracker.log_artifact(parent, path, "report")
+    _publish_optuna_plots(plan, tracker, parent)
     start = time.perf_counter()
-    if plan.study and summary["variants"].get("full", {}).get("best_config") is not None:
-        # fixed ablations, baselines, paired statistics and the report: the same code as `python -m ablations.run`
-        run_study(plan.run_dir, tracker=tracker, parent_run_id=parent, data_root=plan.data_root,
-                  map_fn=lambda fn, jobs: _ray.parallel_map(fn, jobs, label="study", num_gpus=plan.gpus_per_trial,
-                                                            on_done=_study_done))
-    else:
-        if plan.study:
-            log.warning("no fixed ablations or baselines: variant 'full' has no best config (see summary.json)")
-        for path in build_report(summary, report_dir, finals_dir=finals_dir):
-            tracker.log_artifact(parent, path, "report")
+    _study_or_report(plan, prepared, summary)
     prepared.timings["study"] = time.perf_counter() - start
     prepared.timings["total"] = sum(prepared.timings.values())
-    (plan.run_dir / TIMINGS_FILE).write_text(json.dumps({**prepared.timings, "slots": prepared.slots}, indent=1))
+    folder.timings.write_text(json.dumps({**prepared.timings, "slots": prepared.slots}, indent=1))
     tracker.finish(parent, ok=True)
-    return summary_path
+    return folder.summary
+
+
+def _publish_optuna_plots(plan: Plan, tracker, parent: str) -> None:
+    from sweeps import _optuna
+
+    paths = []
+    for variant in plan.space.variants:
+        paths += _optuna.save_study_plots(plan.optuna_url, plan.study_name(variant), plan.folder.report, variant)
+    for path in paths:
+        tracker.log_artifact(parent, path, REPORT_DIR)
+
+
+def _study_or_report(plan: Plan, prepared: Prepared, summary: Mapping[str, Any]) -> None:
+    """The study on what prepare built (it writes the report), or the report alone."""
+    from ablations.report import build_report
+    from sweeps import _ray
+    from sweeps.study import run_study
+
+    tracker, parent, folder = prepared.tracker, prepared.parent, plan.folder
+    if plan.study and summary["variants"].get("full", {}).get("best_config") is not None:
+        # fixed ablations, baselines, paired statistics and the report: the same code as `python -m sweeps.study`
+        run_study(plan.run_dir, tracker=tracker, parent_run_id=parent, data_root=plan.data_root, ctx=prepared.ctx,
+                  map_fn=lambda fn, jobs: _ray.parallel_map(fn, jobs, label="study", num_gpus=plan.gpus_per_trial,
+                                                            on_done=_study_done))
+        return
+    if plan.study:
+        log.warning("no fixed ablations or baselines: variant 'full' has no best config (see summary.json)")
+    for path in build_report(summary, folder.report, finals_dir=folder.finals):
+        tracker.log_artifact(parent, path, REPORT_DIR)
 
 
 def _study_done(job, result, seconds: float) -> None:
     """A study final finished in its Ray task: the line a person waits for (sweeps.console shows it)."""
     record, _ = result
-    logging.getLogger("ablations.study").info("study: %s seed %d done in %.0fs (worst.unknown %.3f)", job.name, job.seed,
-                                              seconds, record["metrics"].get("test/worst.unknown", float("nan")))
+    logging.getLogger("sweeps.study").info("study: %s seed %d done in %.0fs (worst.unknown %.3f)", job.name, job.seed,
+                                           seconds, record["metrics"].get("test/worst.unknown", float("nan")))
 
 
-def _collect_final_files(finals: list, finals_dir: Path) -> None:
+def _collect_final_files(finals: list, folder: RunFolder) -> None:
     """What each final trial saved with its checkpoint (robustness curve, per-example correctness,
     restored images) under ``finals/<variant>-seed<k>/``: the study and the report read it there."""
-    from sweeps.trial import FINAL_FILES
-
     for o in finals:
         if o.checkpoint is None:
             continue
-        dest = finals_dir / f"{o.spec.variant}-seed{o.spec.seed}"
+        dest = folder.final(o.spec.variant, o.spec.seed)
         dest.mkdir(parents=True, exist_ok=True)
         with o.checkpoint.local_dir() as path:
             for name in FINAL_FILES:
@@ -374,23 +344,18 @@ def _collect_final_files(finals: list, finals_dir: Path) -> None:
 def parent_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """The parent run's figures, each name saying its threat model:
     ``<variant>/test/oblivious/<attack>``, ``<variant>/test/undefended/<attack>``, ``<variant>/adaptive/<name>``."""
+    from sweeps.summary import threat_name
+
     metrics: dict[str, float] = {}
     for variant, entry in summary["variants"].items():
         if entry["search"].get("best_val_objective") is not None:
             metrics[f"{variant}/search/best_val_objective"] = entry["search"]["best_val_objective"]
         metrics[f"{variant}/search/stopped_early"] = entry["search"]["stopped_early"]
         for name, stats in entry["test"].items():
-            metrics[f"{variant}/test/{_threat_name(name)}"] = stats["mean"]
+            metrics[f"{variant}/test/{threat_name(name)}"] = stats["mean"]
         for name, stats in entry["adaptive"].items():
             metrics[f"{variant}/adaptive/{name}"] = stats["mean"]
     return metrics
-
-
-def _threat_name(metric: str) -> str:
-    for old, new in (("acc.defended.", "oblivious/"), ("acc.undefended.", "undefended/"), ("worst.", "oblivious/worst.")):
-        if metric.startswith(old):
-            return new + metric[len(old):]
-    return metric
 
 
 # ----------------------------------------------------------------------------- the sweep

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from addd.errors import AdddError
+from addd.runfolder import RunFolder, experiment_name
 from sweeps.spaces import Space
 
 
@@ -43,12 +44,17 @@ class Plan:
     study: bool = True  # end with the ablation study (fixed ablations, baselines, statistics)
 
     @property
+    def folder(self) -> RunFolder:
+        """Every file and folder of the run (``addd.runfolder``)."""
+        return RunFolder(self.run_dir)
+
+    @property
     def optuna_url(self) -> str:
-        return self.optuna_storage or f"sqlite:///{(self.run_dir / 'optuna.db').resolve()}"
+        return self.optuna_storage or self.folder.default_optuna_url
 
     @property
     def artifact_location(self) -> str | None:
-        return (self.run_dir / "mlartifacts").resolve().as_uri() if self.tracking_uri.startswith("sqlite:") else None
+        return self.folder.artifact_location(self.tracking_uri)
 
     @property
     def device(self) -> str:
@@ -56,7 +62,7 @@ class Plan:
 
     @property
     def experiment(self) -> str:
-        return f"addd-{self.space.name}"
+        return experiment_name(self.space.name)
 
     def study_name(self, variant: str) -> str:
         return f"{self.space.name}{'-smoke' if self.smoke else ''}-{variant}"

@@ -70,7 +70,7 @@ class Recorder:
 
         from ablations.plots import restored_grid
         from addd.storage import load_tensors
-        from sweeps.trial import CURVE_FILE, IMAGES_FILE
+        from addd.runfolder import CURVE_FILE, IMAGES_FILE
 
         with checkpoint.local_dir() as path:
             images = Path(path) / IMAGES_FILE

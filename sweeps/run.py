@@ -2,7 +2,7 @@
 
 What it does: loads the space's dataset, trains (or loads) the target model, builds every
 oblivious adversarial set once through the cache (parallel Ray tasks), then, for each ablation
-variant (full, no_dp, no_prior), runs the same budget of trials picked by seeded Optuna TPE and
+variant of the space (full and its ablations), runs the same budget of trials picked by seeded Optuna TPE and
 stopped early by ASHA, maximising the worst-case unknown-attack accuracy on the validation
 split. Each variant's best config is re-run over ``--seeds`` seeds and evaluated on the test
 split. Results: ``<run dir>/summary.json``, ``<run dir>/report/`` (tables, Fig-12 plot, Optuna
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", type=Path, default=Path("./data"), help="dataset folder (default: ./data)")
     p.add_argument("--download", action="store_true", help="download the dataset into --data-root if it is missing")
     p.add_argument("--no-study", action="store_true",
-                   help="end after the seed re-runs: no fixed ablations or baselines (run them later with python -m ablations.run --sweep)")
+                   help="end after the seed re-runs: no fixed ablations or baselines (run them later with python -m sweeps.study --sweep)")
     p.add_argument("--cache-dir", type=Path, help="target models and adversarial sets (default: $ADDD_CACHE_DIR or ./.addd_cache)")
     p.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep in the run folder")
@@ -206,7 +206,7 @@ def preflight(plan) -> None:
         if why := _reachable(target.hostname, target.port):
             raise SweepError(f"--address {plan.address}: no Ray cluster answers there ({why}); check the head's address "
                              f"and port (ray status on the head) or drop --address to start a local Ray")
-    state = plan.run_dir / "sweep.json"
+    state = plan.folder.state
     if plan.resume and not state.exists():
         what = "is not a sweep's run folder" if plan.run_dir.exists() and any(plan.run_dir.iterdir()) else "holds no sweep"
         raise SweepError(f"nothing to resume: {plan.run_dir} {what} (no sweep.json); drop --resume to start a new "
@@ -230,11 +230,12 @@ def preflight(plan) -> None:
 
 def sync_mlflow(run_dir: Path, tracking_uri: str | None) -> int:
     """``--sync-mlflow RUN_DIR``: upload what MLflow missed during that sweep (idempotent)."""
+    from addd.runfolder import RunFolder
     from sweeps import _mlflow
     from sweeps.plan import SweepError
 
     run_dir = run_dir.resolve()
-    plan_file = run_dir / "plan.json"
+    plan_file = RunFolder(run_dir).plan
     if not plan_file.exists():
         raise SweepError(f"{run_dir} is not a sweep's run folder (no plan.json); pass the --run-dir of a sweep")
     journal = run_dir / _mlflow.JOURNAL_FILE

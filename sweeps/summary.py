@@ -13,7 +13,6 @@ from typing import Any, Mapping, Sequence
 
 from sweeps.trialspec import EPOCH, TrialOutcome, is_finite
 
-SUMMARY_FILE = "summary.json"
 FORMAT = "addd-sweep-summary/2"
 
 # What each family of figures means; summary.json, the report and MLflow use these names.
@@ -26,6 +25,35 @@ THREAT_MODELS = {
     "adaptive.*": "adaptive: x_adv computed on the whole pipeline M_t(G(E(.))) (white-box PGD, AutoAttack; "
                   "BPDA is the paper's Sec 4.3 attack with an identity backward pass)",
 }
+
+
+def summary_header(space: Any, smoke: bool, dataset: Any, target: Any, cache_dir: Any) -> dict[str, Any]:
+    """What every summary.json starts with (a sweep's and a study of a given config): the space,
+    the data (``dataset``: an ``addd.data`` dataset), the target model (an ``addd.target_models``
+    entry) and the attack settings the figures were computed with."""
+    return {
+        "space": space.name,
+        "smoke": smoke,
+        "dataset": space.dataset,
+        "data_fingerprint": dataset.fingerprint(),
+        "splits": space.split_sizes() | {split: len(getattr(dataset, split)) for split in ("train", "val", "test")},
+        "target_model": {"arch": target.arch, "sha256": target.weights_sha256, "path": str(target.path),
+                         "clean_test_accuracy": target.clean_test_accuracy},
+        "attack_budget": space.attack_budget,
+        "eval_attacks": list(space.attacks),
+        "holdout_attacks": list(space.holdout_attacks),
+        "finalists": space.describe_finalists(),
+        "cache_dir": str(cache_dir),
+    }
+
+
+def threat_name(metric: str) -> str:
+    """A test figure's name on the MLflow parent run, saying its threat model: ``acc.defended.<a>``
+    -> ``oblivious/<a>``, ``acc.undefended.<a>`` -> ``undefended/<a>``, ``worst.<x>`` -> ``oblivious/worst.<x>``."""
+    for old, new in (("acc.defended.", "oblivious/"), ("acc.undefended.", "undefended/"), ("worst.", "oblivious/worst.")):
+        if metric.startswith(old):
+            return new + metric[len(old):]
+    return metric
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -103,8 +131,8 @@ def build_summary(
             "search": search_entry,
             "best_config": best.spec.to_config() if best else None,
             "seeds": per_seed,
-            "test": _over_seeds(per_seed, "test"),
-            "adaptive": _over_seeds(per_seed, "adaptive"),
+            "test": over_seeds(per_seed, "test"),
+            "adaptive": over_seeds(per_seed, "adaptive"),
         }
     finalists = [o for o in final if o.failure is None]
     best_run = max(finalists, key=lambda o: o.objective) if finalists else None
@@ -130,6 +158,7 @@ def build_summary(
     }
 
 
-def _over_seeds(per_seed: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+def over_seeds(per_seed: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
+    """Mean, std and 95% interval over seeds of every numeric figure under ``run[key]`` (``test``, ``adaptive``)."""
     names = sorted({k for run in per_seed for k, v in run[key].items() if isinstance(v, (int, float))})
     return {name: _stats([run[key].get(name, float("nan")) for run in per_seed]) for name in names}

@@ -26,17 +26,13 @@ from torch import nn
 
 from addd.advcache import AdvSet
 from addd.evaluate import evaluate
+from addd.runfolder import CURVE_FILE, DEFENSE_FILE, IMAGES_FILE, PER_EXAMPLE_FILE
 from sweeps.trialspec import EPOCH, FAILURE, FINAL, OBJECTIVE, SEARCH, TrialSpec
 
 log = logging.getLogger(__name__)
 
-DEFENSE_FILE = "defense.safetensors"
 STATE_FILE = "trial_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"  # Adam moments and RNG streams: a restored trial continues exactly
-IMAGES_FILE = "restored.safetensors"  # a few original / adversarial / restored images per attack
-CURVE_FILE = "robustness_curve.csv"
-PER_EXAMPLE_FILE = "per_example.safetensors"  # test-split correctness per example, for paired statistics
-FINAL_FILES = (CURVE_FILE, PER_EXAMPLE_FILE, IMAGES_FILE)  # what publish keeps of every final trial
 
 
 @dataclass(frozen=True)
@@ -78,6 +74,55 @@ class TrialContext:
     # M_t when ``target_model`` is a defense's own classifier (adversarial training): the clean,
     # undefended and curve-reference figures stay M_t's. None: target_model is M_t.
     undefended_model: nn.Module | None = None
+
+
+def sweep_dataset(space: Any, data_root: Path, *, download: bool = False):
+    """The dataset of a sweep of ``space`` with its splits (the driver's and the study's)."""
+    from addd.data import load_dataset
+
+    sizes = space.split_sizes()
+    return load_dataset(space.dataset, data_root, n_train=sizes["n_train"], n_val=sizes["n_val"],
+                        n_test=sizes["n_test"], seed=sizes["split_seed"], download=download)
+
+
+def sweep_requests(space: Any, dataset: Any, target: Any, *, device: str,
+                   train_attacks: tuple[str, ...] | None = None) -> dict[str, list]:
+    """split -> the AdvRequests of a sweep of ``space``: on train the attacks trials may train on
+    (``train_attacks``, default every known-attack choice of the space), on val and test the
+    space's suite; all on the target model ``target`` (a TargetModel) at the space's budget, seed 0."""
+    from addd.advcache import split_requests
+
+    attacks = {"train": space.train_attacks() if train_attacks is None else train_attacks,
+               "val": space.attacks, "test": space.attacks}
+    return {split: split_requests(space.dataset, split, getattr(dataset, split).x, getattr(dataset, split).y, target,
+                                  names, budget=space.attack_budget, device=device)
+            for split, names in attacks.items()}
+
+
+def cached_sets(dataset: Any, cache: Any, requests: Mapping[str, list], map_for=None,
+                progress=None) -> dict[str, SplitSets]:
+    """split -> SplitSets of ``requests`` (from :func:`sweep_requests`) through ``cache`` (an
+    AdvCache); ``map_for(split)`` gives that split's ``map_fn`` for ``AdvCache.get_many`` (None: in turn)."""
+    sets = {}
+    for split, split_requests in requests.items():
+        data = getattr(dataset, split)
+        map_fn = map_for(split) if map_for is not None else None
+        sets[split] = SplitSets(data.x, data.y, cache.get_many(split_requests, map_fn=map_fn, progress=progress))
+    return sets
+
+
+def build_context(space: Any, splits: Mapping[str, SplitSets], target_model: nn.Module, *, threads: int,
+                  events_path: str | None = None) -> TrialContext:
+    """The context every trial of a sweep of ``space`` (a ``sweeps.spaces.Space``) shares: the
+    driver's and the standalone study's one builder. ``splits``: train, val and test sets."""
+    return TrialContext(
+        train=splits["train"], val=splits["val"], test=splits["test"], target_model=target_model,
+        holdout_attacks=tuple(space.holdout_attacks), threads=max(1, int(threads)), events_path=events_path,
+        finalists=Finalists(dataset=space.dataset, n=space.adaptive_n, steps=space.adaptive_steps,
+                            autoattack=space.adaptive_autoattack, curve_points=space.curve_points,
+                            budget=space.attack_budget, curve_steps=space.curve_steps),
+        grid_examples=space.grid_examples,
+    )
 
 
 def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tuple[str, ...],
@@ -143,6 +188,28 @@ def restored_examples(defense: nn.Module, ctx: TrialContext) -> dict[str, torch.
     return tensors
 
 
+def evaluate_final(defense: nn.Module, ctx: TrialContext, known: tuple[str, ...], seed: int, out_dir: Path,
+                   metadata: Mapping[str, Any] | None = None) -> dict[str, float]:
+    """A final's whole evaluation, for the sweep's final trials and the study's finals alike: the
+    validation objective, the oblivious test suite, the adaptive suite (if ``ctx.finalists``) and,
+    on seed 0, the robustness curve. Writes into ``out_dir``: the per-example test correctness
+    (``per_example.safetensors``), a few restored images (``restored.safetensors``) and the curve
+    (``robustness_curve.csv``); ``metadata`` goes into both tensor files."""
+    from addd.storage import save_tensors
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metadata = dict(metadata or {})
+    metrics = evaluate_split(defense, ctx, "val", known)
+    metrics[OBJECTIVE] = metrics["val/worst.unknown"]
+    per_example = {"y": ctx.test.y.contiguous()}
+    metrics.update(evaluate_split(defense, ctx, "test", known, per_example))
+    if ctx.finalists is not None:  # the curve of each variant's best config: its first seed (the costly part)
+        metrics.update(evaluate_finalist(defense, ctx, out_dir, seed == 0, per_example))
+    save_tensors(out_dir / PER_EXAMPLE_FILE, per_example, {"split": "test", "known_attacks": list(known), **metadata})
+    save_tensors(out_dir / IMAGES_FILE, restored_examples(defense, ctx), metadata)
+    return metrics
+
+
 def _event(ctx: TrialContext, trial_id: str, event: str, **fields: Any) -> None:
     """Append one line to the events log (O_APPEND lines are atomic on a local disk)."""
     if ctx.events_path:
@@ -186,23 +253,20 @@ def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
         metrics: dict[str, float] = {EPOCH: epoch, "epoch_seconds": report.seconds}
         metrics.update({f"loss/{k}": v for k, v in report.losses.items()})
         eval_start = time.perf_counter()
-        if spec.phase == SEARCH or last:
-            metrics.update(evaluate_split(model, ctx, "val", cfg.known_attacks))
-            metrics[OBJECTIVE] = metrics["val/worst.unknown"]
+        final = spec.phase == FINAL and last
         with tempfile.TemporaryDirectory() as tmp:
-            if spec.phase == FINAL and last:
-                per_example = {"y": ctx.test.y.contiguous()}
-                metrics.update(evaluate_split(model, ctx, "test", cfg.known_attacks, per_example))
-                if ctx.finalists is not None:
-                    # the curve of each variant's best config: its first seed re-run (the costly part)
-                    metrics.update(evaluate_finalist(model, ctx, Path(tmp), spec.seed == 0, per_example))
-                save_tensors(Path(tmp) / PER_EXAMPLE_FILE, per_example, {"split": "test", "epoch": epoch})
+            if final:  # the same evaluation as the study's finals
+                metrics.update(evaluate_final(model, ctx, cfg.known_attacks, spec.seed, Path(tmp), {"epoch": epoch}))
+            elif spec.phase == SEARCH:
+                metrics.update(evaluate_split(model, ctx, "val", cfg.known_attacks))
+                metrics[OBJECTIVE] = metrics["val/worst.unknown"]
             metrics["eval_seconds"] = time.perf_counter() - eval_start
             # compute = what the trial must do whatever runs it; checkpointing and reporting are overhead
             _event(ctx, trial_id, "epoch", epoch=epoch, compute_seconds=report.seconds + metrics["eval_seconds"])
             model.save(Path(tmp) / DEFENSE_FILE, extra_metadata={"epoch": epoch, "variant": spec.variant})
             model.optimizer_state().save(Path(tmp) / OPTIMIZER_FILE)
-            save_tensors(Path(tmp) / IMAGES_FILE, restored_examples(model, ctx), {"epoch": epoch})
+            if not final:  # evaluate_final saved them
+                save_tensors(Path(tmp) / IMAGES_FILE, restored_examples(model, ctx), {"epoch": epoch})
             (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
             _ray.report(metrics, checkpoint_dir=tmp)
 

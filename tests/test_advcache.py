@@ -402,3 +402,27 @@ def test_get_many_through_a_process_pool_map(tmp_path):
     assert runs(count) == 6
     assert all(torch.equal(remote[a].x_adv, local[a].x_adv) for a in ("PGDu", "DDNt"))
     assert torch.equal(remote["DDNt"].target, torch.full((20,), 3))
+
+
+def test_has_says_whether_an_entry_is_stored_without_generating_it(tmp_path):
+    count = tmp_path / "runs.txt"
+    cache = make_cache(tmp_path / "cache", count)
+    request = make_request("PGDu")
+    assert not cache.has(request) and runs(count) == 0  # asking generates nothing
+    cache.get_or_create(request)
+    assert cache.has(request) and not cache.has(make_request("PGDu", budget=0.5))
+    (cache.entry_dir(request) / "manifest.json").unlink()  # an incomplete entry is not there
+    assert not cache.has(request)
+
+
+def test_split_requests_ask_for_the_sweeps_sets_on_the_target_model():
+    from types import SimpleNamespace
+
+    from addd.advcache import split_requests
+
+    x, y = tiny_data()
+    target = SimpleNamespace(model=tiny_model(), weights_sha256="m0")
+    requests = split_requests("digits", "val", x, y, target, ["PGDu", "CWu"], budget=0.5, device="cpu")
+    assert [r.attack for r in requests] == ["PGDu", "CWu"]
+    assert all(r.model is target.model and r.model_sha256 == "m0" and r.budget == 0.5 and r.seed == 0
+               and r.split == "val" and r.x is x for r in requests)

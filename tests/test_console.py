@@ -40,7 +40,7 @@ def test_plain_console_one_line_per_trial_and_where_results_are(tmp_path):
         console.on_event("failed", TrialSpec("search", "no_dp", {"train.epochs": 3}), {"failure": "loss is NaN"})
         console.on_event("completed", TrialSpec("final", "full", {"train.epochs": 3}), {"epoch": 3, "objective": 0.4})
         console.on_event("publish", None, {})
-        logging.getLogger("ablations.study").info("study: training fixed-no_dp (seed 0) on cpu")
+        logging.getLogger("sweeps.study").info("study: training fixed-no_dp (seed 0) on cpu")
         logging.getLogger("sweeps.test").warning("a warning of ours")
         summary = plan.run_dir / "summary.json"
         console.finish(summary)

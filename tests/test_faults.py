@@ -330,3 +330,20 @@ def test_tracker_journals_what_mlflow_missed_and_sync_replays_it_once(tmp_path):
         assert [m.value for m in client.get_metric_history(t2.info.run_id, "loss/total")] == [0.7]
         assert t2.info.status == "FAILED" and t2.data.tags["failure_reason"] == "non-finite loss"
         assert [a.path for a in client.list_artifacts(t2.info.run_id)] == ["curve.csv"]
+
+
+def test_tracker_finds_a_child_by_trial_key_and_answers_none_while_offline(tmp_path):
+    from sweeps import _mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = _mlflow.Tracker(uri, "addd-digits_ablation", (tmp_path / "art").as_uri(), journal=tmp_path / _mlflow.JOURNAL_FILE)
+    parent = tracker.start_parent("sweep", {"space": "digits_ablation"}, {})
+    assert tracker.find_child(parent, "study:full-seed0") is None
+    child = tracker.child(parent, "study:full-seed0", "full-seed0", {}, {})
+    assert tracker.find_child(parent, "study:full-seed0") == (child, "RUNNING")
+    tracker.finish(child)
+    assert tracker.find_child(parent, "study:full-seed0") == (child, "FINISHED")
+    assert tracker.find_child(parent, "study:full-seed1") is None
+    tracker.client = type("Down", (), {"__getattr__": lambda self, name: (_ for _ in ()).throw(ConnectionError("down"))})()
+    assert tracker.find_child(parent, "study:full-seed0") is None and not tracker.online  # no exception: offline now
+    assert not (tmp_path / _mlflow.JOURNAL_FILE).exists()  # a lookup has nothing to replay

@@ -9,7 +9,7 @@ from PIL import Image
 
 from ablations.report import build_report, per_attack_overview
 from ablations.stats import paired_difference
-from sweeps.summary import _over_seeds
+from sweeps.summary import over_seeds
 
 ATTACKS = ["PGDu", "PGDt", "CWu", "BAu"]
 
@@ -27,7 +27,7 @@ def _entry(base: float, known=("PGDu", "PGDt"), spread=0.01):
     return {"search": {"trials": 4, "best_val_objective": base}, "known_attacks": list(known),
             "best_config": {"phase": "final", "variant": "full", "known_attacks": "+".join(known),
                             "loss.lambda_prior": 1e-4}, "seeds": seeds,
-            "test": _over_seeds(seeds, "test"), "adaptive": _over_seeds(seeds, "adaptive")}
+            "test": over_seeds(seeds, "test"), "adaptive": over_seeds(seeds, "adaptive")}
 
 
 def _summary():

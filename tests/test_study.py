@@ -1,4 +1,4 @@
-"""The ablation study end to end (slow): a small digits sweep, then ``python -m ablations.run
+"""The ablation study end to end (slow): a small digits sweep, then ``python -m sweeps.study
 --sweep``; every figure of summary.json and the report checked against the per-run metrics in
 MLflow (means, stds, intervals and differences recomputed here), images checked, the study
 idempotent and reading the sweep's cached sets only."""
@@ -6,8 +6,9 @@ idempotent and reading the sweep's cached sets only."""
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,17 +19,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 ATTACKS = ["PGDu", "PGDt", "CWu", "LSu", "BAu"]
+RETRAINED = ("no_defense-seed1", "fixed-no_mmd-seed1")  # study finals the command line trains again
 
 
 def test_cli_errors_are_one_line_and_exit_2(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # in-process MLflow tests set it
-    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(tmp_path / "nothing")], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "sweeps.study", "--sweep", str(tmp_path / "nothing")], cwd=REPO,
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "tracking-uri" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(tmp_path)], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "sweeps.study", "--sweep", str(tmp_path)], cwd=REPO,
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and "no summary.json" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", "nothing-here", "--tracking-uri",
+    out = subprocess.run([sys.executable, "-m", "sweeps.study", "--sweep", "nothing-here", "--tracking-uri",
                           f"sqlite:///{tmp_path / 'x.db'}"], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2 and out.stderr.strip().count("\n") == 0 and "run id" in out.stderr
     assert not (tmp_path / "x.db").exists()  # a name that is no run id is refused before MLflow is touched
@@ -43,10 +45,27 @@ def study(tmp_path_factory):
     out = subprocess.run(sweep, cwd=root, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     entries = sorted(p.parent for p in (cache / "advcache").rglob("manifest.json"))
-    out = subprocess.run([sys.executable, "-m", "ablations.run", "--sweep", str(run_dir), "--n-boot", "500"], cwd=REPO,
+    # the sweep ran the study on what prepare built; drop two of its finals so the command line
+    # trains them again alone, on sets and a context it rebuilds through the driver's functions
+    in_sweep = {}
+    for folder in RETRAINED:
+        in_sweep[folder] = json.loads((run_dir / "finals" / folder / "metrics.json").read_text())
+        shutil.rmtree(run_dir / "finals" / folder)
+    out = subprocess.run([sys.executable, "-m", "sweeps.study", "--sweep", str(run_dir), "--n-boot", "500"], cwd=REPO,
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
-    return run_dir, cache, entries
+    return run_dir, cache, entries, in_sweep
+
+
+@pytest.mark.slow
+def test_a_final_trained_alone_has_the_figures_it_had_in_the_sweep(study):
+    run_dir, _, _, in_sweep = study
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert sorted(summary["study"]["trained"]) == sorted(RETRAINED) and "load_sets" in summary["study"]["timings_seconds"]
+    for folder in RETRAINED:
+        alone = json.loads((run_dir / "finals" / folder / "metrics.json").read_text())
+        assert alone["config"] == in_sweep[folder]["config"]
+        assert alone["metrics"] == pytest.approx(in_sweep[folder]["metrics"], abs=1e-6), folder
 
 
 def _t95(n: int) -> float:
@@ -78,7 +97,7 @@ def _mlflow_values(children, summary) -> dict[str, dict[int, dict[str, float]]]:
 
 @pytest.mark.slow
 def test_every_figure_matches_mlflow_and_the_report_shows_it(study):
-    run_dir, _, _ = study
+    run_dir, _, _, _ = study
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["fixed"]) == {"no_dp", "no_prior", "no_mmd", "no_di"}
     assert set(summary["baselines"]) == {"no_defense", "ape_gan", "adv_training"}
@@ -133,7 +152,7 @@ def test_every_figure_matches_mlflow_and_the_report_shows_it(study):
 def test_images_are_valid_pngs_of_sensible_size(study):
     from PIL import Image
 
-    run_dir, _, _ = study
+    run_dir, _, _, _ = study
     images = sorted((run_dir / "report").glob("*.png"))
     names = {p.name for p in images}
     assert {"ablation.png", "robustness_curves.png", "restored.png"} <= names
@@ -147,9 +166,9 @@ def test_images_are_valid_pngs_of_sensible_size(study):
 
 @pytest.mark.slow
 def test_the_study_is_idempotent_and_never_regenerates_sets(study):
-    from ablations.study import StudyError, load_sets, run_study
+    from sweeps.study import StudyError, load_sets, run_study
 
-    run_dir, cache, entries_before = study
+    run_dir, cache, entries_before, _ = study
     assert sorted(p.parent for p in (cache / "advcache").rglob("manifest.json")) == entries_before
     files = {p: p.stat().st_mtime_ns for p in (run_dir / "finals").rglob("*") if p.is_file()}
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -166,7 +185,7 @@ def test_the_study_is_idempotent_and_never_regenerates_sets(study):
 
 
 def test_parallel_study_starts_the_longest_finals_first():
-    from ablations.study import Job, expected_cost
+    from sweeps.study import Job, expected_cost
 
     def job(name, seed):
         return Job(name, "baseline" if not name.startswith("fixed-") else "fixed", seed, {}, ("PGDu",), lambda: None)
