@@ -22,24 +22,11 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from addd import figures as F
 from addd.runfolder import CURVE_FILE, IMAGES_FILE, RunFolder, final_folder, parse_final_folder
 
-DEFENDED = "acc.defended."
-UNDEFENDED = "acc.undefended."
 KIND_TITLES = {"tuned": "tuned ablation (own search)", "fixed": "fixed ablation (full's best config, one part removed)",
                "baseline": "baseline"}
-# adaptive figure reported beside each oblivious attack (same defense, same norm and ε)
-ADAPTIVE_BESIDE = {"PGDu": "adaptive.pgd_worst", "PGDt": "adaptive.pgd_worst", "AA_Linf": "adaptive.aa_linf",
-                   "AA_L2": "adaptive.aa_l2"}
-SUMMARY_ROWS = {  # figure -> (column header naming its threat model)
-    "acc.clean": "clean: M_t(x), no attack, no defense",
-    "acc.reconstruction": "reconstruction: M_t(G(E(x))), no attack",
-    "worst.unknown": "worst unknown attack (oblivious)",
-    "worst.unknown_per_sample": "worst unknown, per sample (oblivious)",
-    "worst.holdout": "worst holdout attack (oblivious)",
-    "adaptive.pgd_worst": "PGD adaptive on M_t∘G∘E (CE+margin)",
-}
-
 
 # ----------------------------------------------------------------------------- data
 def all_defenses(summary: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str, Any]]]:
@@ -61,38 +48,18 @@ def known_attacks(entry: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(a for a in known.split("+") if a) if isinstance(known, str) else tuple(known or ())
 
 
-def _threat(figure: str) -> str:
-    if figure.startswith(DEFENDED) or figure.startswith("worst."):
-        return "oblivious"
-    if figure.startswith(UNDEFENDED):
-        return "undefended (white-box on M_t)"
-    if figure.startswith("adaptive."):
-        return "adaptive (whole pipeline)"
-    return {"acc.clean": "no attack, no defense", "acc.reconstruction": "no attack, through the defense"}.get(figure, "")
-
-
 def accuracy_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     """Long table of every test figure of every defense: variant (= defense name), kind, figure,
     threat_model, attack, mean, std, ci_low, ci_high, n_seeds."""
     rows = []
-    extras = {"acc.clean": "clean", "acc.reconstruction": "reconstruction", "worst.unknown": "worst unknown",
-              "worst.unknown_per_sample": "worst unknown (per sample)", "worst.holdout": "worst holdout"}
     for name, (kind, entry) in all_defenses(summary).items():
-        for section in ("test", "adaptive"):
-            for figure, stats in entry.get(section, {}).items():
-                figure = figure if section == "test" else f"adaptive.{figure}"
-                if figure.startswith(DEFENDED):
-                    attack = figure[len(DEFENDED):]
-                elif figure.startswith(UNDEFENDED):
-                    attack = figure[len(UNDEFENDED):]
-                elif figure in extras:
-                    attack = extras[figure]
-                else:
-                    attack = figure
+        for section in (F.TEST, F.ADAPTIVE_SECTION):
+            for key, stats in entry.get(section, {}).items():
+                fig = F.from_summary(section, key)
                 values = [v for v in stats["values"] if v is not None and not math.isnan(v)]
                 lo, hi = (stats.get("ci95") or [math.nan, math.nan])
-                rows.append({"variant": name, "kind": kind, "figure": figure, "threat_model": _threat(figure),
-                             "attack": attack, "mean": stats["mean"], "std": stats["std"], "ci_low": lo, "ci_high": hi,
+                rows.append({"variant": name, "kind": kind, "figure": fig.name, "threat_model": fig.threat_text,
+                             "attack": fig.short, "mean": stats["mean"], "std": stats["std"], "ci_low": lo, "ci_high": hi,
                              "n_seeds": len(values)})
     return pd.DataFrame(rows, columns=["variant", "kind", "figure", "threat_model", "attack", "mean", "std", "ci_low",
                                        "ci_high", "n_seeds"])
@@ -169,18 +136,18 @@ def _diff_cell(d: Mapping[str, Any] | None) -> str:
     return f"{d['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (" within noise" if d["within_noise"] else "")
 
 
-def _figure(entry: Mapping[str, Any], figure: str) -> Mapping[str, Any] | None:
-    if figure.startswith("adaptive."):
-        return entry.get("adaptive", {}).get(figure[len("adaptive."):])
-    return entry.get("test", {}).get(figure)
+def _figure(entry: Mapping[str, Any], figure: str | F.Figure) -> Mapping[str, Any] | None:
+    """A summary entry's statistics of one figure (a stable name or a Figure), None if absent."""
+    fig = F.figure(figure) if isinstance(figure, str) else figure
+    return entry.get(fig.section, {}).get(fig.key)
 
 
 def eval_attacks(summary: Mapping[str, Any]) -> list[str]:
     """The scored attacks: summary["eval_attacks"], else those with a defended figure."""
     if summary.get("eval_attacks"):
         return list(summary["eval_attacks"])
-    return list(dict.fromkeys(f[len(DEFENDED):] for _, (_, e) in all_defenses(summary).items()
-                              for f in e.get("test", {}) if f.startswith(DEFENDED)))
+    figs = (F.figure(k) for _, (_, e) in all_defenses(summary).items() for k in e.get(F.TEST, {}))
+    return list(dict.fromkeys(f.attack for f in figs if f.threat == F.OBLIVIOUS and f.attack))
 
 
 def _attack_label(attack: str, known: tuple[str, ...]) -> str:
@@ -203,8 +170,8 @@ def overview_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     rows = []
     for name, (kind, entry) in all_defenses(summary).items():
         row = {"defense": name, "kind": kind, "known attacks": "+".join(known_attacks(entry)) or "—"}
-        for figure, header in SUMMARY_ROWS.items():
-            row[header + (eps if figure.startswith("adaptive.") else "")] = fmt(_figure(entry, figure))
+        for fig in map(F.figure, F.SUMMARY_FIGURES):
+            row[fig.header + (eps if fig.is_adaptive else "")] = fmt(_figure(entry, fig))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -219,11 +186,11 @@ def per_attack_overview(summary: Mapping[str, Any]) -> pd.DataFrame:
         known = known_attacks(entry)
         row = {"defense": name}
         for attack in attacks:
-            row[f"{attack}{_eps(attack, dataset)} oblivious"] = fmt(_figure(entry, DEFENDED + attack)) + (
+            row[f"{attack}{_eps(attack, dataset)} oblivious"] = fmt(_figure(entry, F.defended(attack))) + (
                 " *" if attack in known else "")
-            adaptive = ADAPTIVE_BESIDE.get(attack)
-            if adaptive and attack != "PGDt":
-                row[f"{adaptive.removeprefix('adaptive.')}{_eps(attack, dataset)} adaptive"] = fmt(_figure(entry, adaptive))
+            adaptive = F.adaptive_beside(attack)
+            if adaptive and attack != "PGDt":  # PGDt's adaptive figure is PGDu's, shown once
+                row[f"{adaptive.key}{_eps(attack, dataset)} adaptive"] = fmt(_figure(entry, adaptive))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -234,19 +201,19 @@ def defense_table(summary: Mapping[str, Any], entry: Mapping[str, Any]) -> pd.Da
     dataset = summary.get("dataset", "")
     rows = []
     for attack in eval_attacks(summary):
-        adaptive = ADAPTIVE_BESIDE.get(attack)
+        adaptive = F.adaptive_beside(attack)
         rows.append({
             "attack (* known)": _attack_label(attack, known) + _eps(attack, dataset),
-            "undefended: white-box on M_t": fmt(_figure(entry, UNDEFENDED + attack)),
-            "oblivious: on M_t, then defended": fmt(_figure(entry, DEFENDED + attack), ci=True),
-            "adaptive: on the whole pipeline, same ε": (f"{adaptive.removeprefix('adaptive.')}: "
-                                                        f"{fmt(_figure(entry, adaptive), ci=True)}" if adaptive else "—"),
+            "undefended: white-box on M_t": fmt(_figure(entry, F.undefended(attack))),
+            "oblivious: on M_t, then defended": fmt(_figure(entry, F.defended(attack)), ci=True),
+            "adaptive: on the whole pipeline, same ε": (f"{adaptive.key}: {fmt(_figure(entry, adaptive), ci=True)}"
+                                                        if adaptive else "—"),
         })
-    for metric in ("adaptive.bpda", "adaptive.pgd_ce", "adaptive.pgd_margin"):
-        if _figure(entry, metric):
-            rows.append({"attack (* known)": metric.removeprefix("adaptive.") + _eps("PGDu", dataset),
+    for fig in map(F.figure, F.ADAPTIVE_ALONE):
+        if _figure(entry, fig):
+            rows.append({"attack (* known)": fig.key + _eps(fig.oblivious_attack, dataset),
                          "undefended: white-box on M_t": "—", "oblivious: on M_t, then defended": "—",
-                         "adaptive: on the whole pipeline, same ε": fmt(_figure(entry, metric), ci=True)})
+                         "adaptive: on the whole pipeline, same ε": fmt(_figure(entry, fig), ci=True)})
     return pd.DataFrame(rows)
 
 
@@ -284,7 +251,7 @@ def _words(summary: Mapping[str, Any]) -> list[str]:
     """The differences to full in plain words, headline figures first."""
     lines = []
     for name, c in summary.get("comparisons", {}).items():
-        for figure in ("worst.unknown", "worst.unknown_per_sample", "adaptive.pgd_worst"):
+        for figure in (F.WORST_UNKNOWN, F.WORST_PER_SAMPLE, F.adaptive_beside("PGDu").name):
             d = c["figures"].get(figure)
             if d:
                 lines.append(f"- **{name}** ({c['kind']}), {figure}: {d['other']:.3f} vs full {d['full']:.3f}, "
@@ -296,7 +263,7 @@ def _fig12_check(summary: Mapping[str, Any]) -> str:
     """Did the paper's Fig 12 ordering (full ≥ no_prior, no_dp on unknown attacks) hold?"""
     parts = []
     for name in ("no_prior", "no_dp", "fixed-no_prior", "fixed-no_dp"):
-        d = summary.get("comparisons", {}).get(name, {}).get("figures", {}).get("worst.unknown")
+        d = summary.get("comparisons", {}).get(name, {}).get("figures", {}).get(F.WORST_UNKNOWN)
         if not d:
             continue
         if d["within_noise"]:
@@ -373,18 +340,32 @@ def build_report(summary: Mapping[str, Any], out_dir: Path, finals_dir: Path | N
 
 def _report_text(summary, title, searches, restored, curves: bool, optuna_plots) -> str:
     defenses = all_defenses(summary)
+    out = [*_intro(summary, title, defenses), *_threat_lines(summary),
+           "## Overview\n", _markdown(overview_table(summary)),
+           "\n## Per attack (oblivious, with the adaptive figure for the same ε beside it)\n",
+           _markdown(per_attack_overview(summary)), *_differences(summary), *_per_defense(summary, defenses),
+           "## Configs\n", _markdown(_config_rows(summary)),
+           f"\n## Search (objective: {summary.get('objective', '?')})\n", _markdown(searches),
+           *_figure_lines(restored, curves, optuna_plots), *_study_line(summary)]
+    return "\n".join(out) + "\n"
+
+
+def _intro(summary, title: str, defenses) -> list[str]:
     n_test = (summary.get("splits") or {}).get("test")
     seeds = sorted({s["seed"] for _, e in defenses.values() for s in e.get("seeds", [])})
     full_known = known_attacks((summary.get("variants", {}).get("full") or {}))
-    out = [f"# Ablation report: {title}\n",
-           f"Dataset `{summary.get('dataset')}`, {n_test} test examples, seeds {seeds}, attack budget "
+    return [f"# Ablation report: {title}\n",
+            f"Dataset `{summary.get('dataset')}`, {n_test} test examples, seeds {seeds}, attack budget "
            f"{summary.get('attack_budget')}; every figure is test accuracy, **mean ± std over seeds**, with the 95% "
            f"t-interval of the mean and n seeds where shown. Defenses: **tuned** ablations (each variant's own best "
            f"config from its search, re-run over seeds), **fixed** ablations (the best `full` config with one component "
            f"removed, same seeds) and **baselines** (`no_defense` = M_t alone; `ape_gan` = the paper's Table 1 "
            f"baseline; `adv_training` = M_t's architecture trained adversarially, Fig 1's Def-adv), trained with full's "
-           f"data, known attacks ({'+'.join(full_known) or '?'}), epochs, batch size, lr, width and seeds.\n",
-           "## Threat models and names\n",
+           f"data, known attacks ({'+'.join(full_known) or '?'}), epochs, batch size, lr, width and seeds.\n"]
+
+
+def _threat_lines(summary) -> list[str]:
+    return ["## Threat models and names\n",
            "- **clean** = M_t(x): the *undefended* target model on clean test images (no attack, no defense).",
            "- **reconstruction** = M_t(G(E(x))): clean images through the defense (baselines: through their "
            "restore, M_t replaced by the adversarially trained model for `adv_training`, whose clean and "
@@ -398,15 +379,14 @@ def _report_text(summary, title, searches, restored, curves: bool, optuna_plots)
            "- **worst unknown** = min over the attacks the defense did not train on; **per sample** = an example counts "
            "only if it survives every unknown attack; **worst holdout** = min over "
            f"{', '.join(summary.get('holdout_attacks', [])) or 'the holdout attacks'} (never trained on).",
-           "- `*` marks a **known** attack (the defense trained on its examples); the others are unknown.\n",
-           "## Overview\n", _markdown(overview_table(summary)),
-           "\n## Per attack (oblivious, with the adaptive figure for the same ε beside it)\n",
-           _markdown(per_attack_overview(summary)),
-           "\n## Differences to full (paired bootstrap over seeds and test examples, 95% percentile interval)\n"]
+           "- `*` marks a **known** attack (the defense trained on its examples); the others are unknown.\n"]
+
+
+def _differences(summary) -> list[str]:
+    out = ["\n## Differences to full (paired bootstrap over seeds and test examples, 95% percentile interval)\n"]
     comps = summary.get("comparisons", {})
     if comps:
-        figures = ["worst.unknown", "worst.unknown_per_sample", "worst.holdout", "adaptive.pgd_worst",
-                   *[DEFENDED + a for a in eval_attacks(summary)]]
+        figures = [*F.WORST_FIGURES, F.adaptive_beside("PGDu").name, *[F.defended(a).name for a in eval_attacks(summary)]]
         rows = [{"defense": n, "kind": c["kind"], **{f: _diff_cell(c["figures"].get(f)) for f in figures}}
                 for n, c in comps.items()]
         n_boot = next(iter(comps.values())).get("n_boot")
@@ -416,18 +396,24 @@ def _report_text(summary, title, searches, restored, curves: bool, optuna_plots)
     else:
         out.append("Not computed: run `python -m sweeps.study --sweep <run folder>` for fixed ablations, baselines and "
                    "intervals.\n")
-    out.append("## Each defense: undefended / oblivious / adaptive per attack\n")
+    return out
+
+
+def _per_defense(summary, defenses) -> list[str]:
+    out = ["## Each defense: undefended / oblivious / adaptive per attack\n"]
     for name, (kind, entry) in defenses.items():
         out += [f"### {name} — {KIND_TITLES[kind]}\n",
-                f"clean (M_t(x), undefended): {fmt(_figure(entry, 'acc.clean'), ci=True)}; reconstruction "
-                f"(M_t(G(E(x)))): {fmt(_figure(entry, 'acc.reconstruction'), ci=True)}; worst unknown (oblivious): "
-                f"{fmt(_figure(entry, 'worst.unknown'), ci=True)}; per sample: "
-                f"{fmt(_figure(entry, 'worst.unknown_per_sample'), ci=True)}; worst holdout: "
-                f"{fmt(_figure(entry, 'worst.holdout'), ci=True)}.\n",
+                f"clean (M_t(x), undefended): {fmt(_figure(entry, F.CLEAN), ci=True)}; reconstruction "
+                f"(M_t(G(E(x)))): {fmt(_figure(entry, F.RECONSTRUCTION), ci=True)}; worst unknown (oblivious): "
+                f"{fmt(_figure(entry, F.WORST_UNKNOWN), ci=True)}; per sample: "
+                f"{fmt(_figure(entry, F.WORST_PER_SAMPLE), ci=True)}; worst holdout: "
+                f"{fmt(_figure(entry, F.WORST_HOLDOUT), ci=True)}.\n",
                 _markdown(defense_table(summary, entry)) if eval_attacks(summary) else "", ""]
-    out += ["## Configs\n", _markdown(_config_rows(summary)),
-            f"\n## Search (objective: {summary.get('objective', '?')})\n", _markdown(searches),
-            "\n## Figures\n",
+    return out
+
+
+def _figure_lines(restored, curves: bool, optuna_plots) -> list[str]:
+    out = ["\n## Figures\n",
             "- `ablation.png`: paper Fig 12 layout. Rows: tuned ablations, fixed ablations, baselines (each with full); "
             "left: full's known attacks, right: unknown attacks; oblivious test accuracy, bars = mean over seeds, "
             "error bars = ± std; the y axis is zoomed to the data (not 0–1), legend outside the bars."]
@@ -442,13 +428,18 @@ def _report_text(summary, title, searches, restored, curves: bool, optuna_plots)
     for path in optuna_plots:
         out.append(f"- `{path.name}`: Optuna {'optimisation history' if 'history' in path.name else 'parameter importances'}"
                    f" of variant {path.stem.rsplit('-', 1)[-1]} (title names the variant).")
+    return out
+
+
+def _study_line(summary) -> list[str]:
+    out = []
     study = summary.get("study")
     if study:
         t = study.get("timings_seconds", {})
         out.append(f"\nStudy: {len(study.get('trained', []))} final(s) trained in this run, "
                    f"{t.get('this_run', float('nan')):.0f}s this run; per final (train + evaluate, when computed): "
                    + ", ".join(f"{k} {v:.0f}s" for k, v in t.items() if "-seed" in k) + f" ({study.get('parallelism')}).")
-    return "\n".join(out) + "\n"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

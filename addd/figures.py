@@ -118,6 +118,16 @@ class Figure:
         return f"{OBLIVIOUS}.{self.attack}.excluded" if self.threat == OBLIVIOUS and self.attack else None
 
     @property
+    def threat_text(self) -> str:
+        """The threat model in a table cell's words (``oblivious``, ``adaptive (whole pipeline)``, ...)."""
+        return _NO_ATTACK_WORDS.get(self.name, THREAT_WORDS[self.threat])
+
+    @property
+    def short(self) -> str:
+        """A short row name: the attack of a per-attack figure, else e.g. ``worst unknown``."""
+        return self.attack or _SHORT.get(self.name, self.name)
+
+    @property
     def header(self) -> str:
         """A report column header that names the threat model."""
         if self.column is not None:
@@ -157,6 +167,9 @@ _FIXED: tuple[Figure, ...] = (
            "worst unknown incl. adaptive probe (val)", split=VAL),
 )
 FIGURES: dict[str, Figure] = {f.name: f for f in _FIXED}
+_NO_ATTACK_WORDS = {CLEAN: "no attack, no defense", RECONSTRUCTION: "no attack, through the defense"}
+_SHORT = {CLEAN: "clean", RECONSTRUCTION: "reconstruction", WORST_UNKNOWN: "worst unknown",
+          WORST_PER_SAMPLE: "worst unknown (per sample)", WORST_HOLDOUT: "worst holdout"}
 ADAPTIVE_FIGURES: tuple[str, ...] = tuple(f.name for f in _FIXED if f.is_adaptive and f.split is None)  # addd.adaptive's
 WORST_FIGURES: tuple[str, ...] = (WORST_UNKNOWN, WORST_PER_SAMPLE, WORST_HOLDOUT)
 # the rows of the report's overview, in order
@@ -164,6 +177,8 @@ SUMMARY_FIGURES: tuple[str, ...] = (CLEAN, RECONSTRUCTION, *WORST_FIGURES, "adap
 # oblivious attack -> the adaptive figure shown beside it (same defense, norm and eps)
 _BESIDE: dict[str, str] = {"PGDu": "adaptive.pgd_worst", "PGDt": "adaptive.pgd_worst", "AA_Linf": "adaptive.aa_linf",
                            "AA_L2": "adaptive.aa_l2"}
+# the adaptive figures no oblivious attack has beside it: rows of their own in per-attack tables
+ADAPTIVE_ALONE: tuple[str, ...] = ("adaptive.bpda", "adaptive.pgd_ce", "adaptive.pgd_margin")
 
 
 def defended(attack: str) -> Figure:

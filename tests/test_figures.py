@@ -75,3 +75,9 @@ def test_the_search_probe_is_an_adaptive_validation_figure_named_probe():
     assert F.from_summary("val", probe.key) == probe
     with pytest.raises(F.FigureError, match="section 'val', not 'test'"):
         F.from_summary("test", probe.key)
+
+
+def test_every_adaptive_figure_is_shown_once_in_per_attack_tables():
+    beside = {F.adaptive_beside(a).name for a in ("PGDu", "PGDt", "AA_Linf", "AA_L2")}
+    assert sorted(beside | set(F.ADAPTIVE_ALONE)) == sorted(F.ADAPTIVE_FIGURES)
+    assert not beside & set(F.ADAPTIVE_ALONE)
