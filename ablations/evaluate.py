@@ -28,6 +28,7 @@ from pathlib import Path
 
 
 import addd
+from addd import figures as F
 from addd.advcache import AdvCache, split_requests
 from addd.attack_names import ATTACK_NAMES
 from addd.data import DATASET_NAMES, load_dataset
@@ -37,9 +38,6 @@ from addd.storage import atomic_write_bytes
 from addd.target_models import default_cache_dir, get_target_model, load_target_entry
 
 
-# adaptive metric (addd.adaptive) -> the oblivious attack at the same norm and eps it is shown beside
-SIDE_BY_SIDE = {"adaptive.pgd_worst": "PGDu", "adaptive.pgd_ce": "PGDu", "adaptive.pgd_margin": "PGDu",
-                "adaptive.bpda": "PGDu", "adaptive.aa_linf": "AA_Linf", "adaptive.aa_l2": "AA_L2"}
 ADAPTIVE_CHOICES = ("pgd", "AA_Linf", "AA_L2", "BPDA")
 
 
@@ -133,9 +131,7 @@ def run(args: argparse.Namespace, console=None) -> dict:
         "target_model": {"path": str(target.path), "weights_sha256": target.weights_sha256,
                          "clean_test_accuracy": target.clean_test_accuracy},
         "attack_params": {a: s.manifest.params if s.manifest else None for a, s in adv_sets.items()},
-        "threat_models": {"oblivious": "x_adv computed on M_t alone, then M_t(G(E(x_adv)))",
-                          "undefended": "x_adv computed on M_t, classified by M_t (no defense)",
-                          "adaptive": "x_adv computed on the whole pipeline M_t(G(E(.)))"},
+        "threat_models": {t: F.THREAT_MODELS[t] for t in (F.OBLIVIOUS, F.UNDEFENDED, F.ADAPTIVE)},
         "oblivious": report.to_metrics(),
     }
     print(f"Oblivious (attacks on M_t alone), {len(y)} {args.dataset} test examples, known attacks {known}")
@@ -175,7 +171,8 @@ def side_by_side(suite, report):
 
     oblivious = {row.attack: row.defended for row in report.attacks}
     rows = [{"adaptive attack": row.attack, "norm": row.norm, "eps": row.eps, "adaptive": row.accuracy,
-             "oblivious attack": SIDE_BY_SIDE.get(row.metric), "oblivious (defended)": oblivious.get(SIDE_BY_SIDE.get(row.metric), float("nan")),
+             "oblivious attack": F.figure(row.metric).oblivious_attack,
+             "oblivious (defended)": oblivious.get(F.figure(row.metric).oblivious_attack, float("nan")),
              "n": row.n} for row in suite.rows]
     return pd.DataFrame(rows)
 

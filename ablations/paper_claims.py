@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from addd import figures as F
+
 THREAT_MODELS = {
     "oblivious": "attacks computed on M_t alone, then restored by the defense (the paper's Tables 1-2 setting)",
     "white-box": "attacks computed on the robust model itself (certified / adversarially trained models)",
@@ -59,8 +61,11 @@ class PaperClaim:
         measured = self.defense is not None and self.figure is not None
         if measured == (self.not_measured is not None):
             raise ClaimError(f"{where}: give either defense and figure, or not_measured with the reason")
-        if self.adaptive_figure is not None and not self.adaptive_figure.startswith("adaptive."):
-            raise ClaimError(f"{where}: adaptive_figure must be an adaptive.* figure, got {self.adaptive_figure!r}")
+        for name in (self.figure, self.adaptive_figure):
+            if name is not None and name not in F.FIGURES and F.figure(name).attack is None:
+                raise ClaimError(f"{where}: {name!r} is not a figure of addd.figures")
+        if self.adaptive_figure is not None and not F.figure(self.adaptive_figure).is_adaptive:
+            raise ClaimError(f"{where}: adaptive_figure must be an adaptive figure, got {self.adaptive_figure!r}")
 
     @property
     def source(self) -> str:
@@ -73,8 +78,8 @@ def _table2(row: str, defense: str | None, values: tuple[float, float, float, fl
     ``target_model``: the undefended M_t, whose figures (acc.clean, acc.undefended.*) every
     entry of summary.json carries; they are read from ``full``."""
     target_model = defense is None and not_measured is None
-    clean, prefix = ("acc.clean", "acc.undefended.") if target_model else ("acc.reconstruction", "acc.defended.")
-    measured = {"No attack": clean, "STu": prefix + "STu", "STt": prefix + "STt"}
+    clean, per_attack = (F.CLEAN, F.undefended) if target_model else (F.RECONSTRUCTION, F.defended)
+    measured = {"No attack": clean, "STu": per_attack("STu").name, "STt": per_attack("STt").name}
     claims = []
     for column, value in zip(("No attack", "STu", "STt", "SFWu"), values):
         reason = "the suite has no SFW attack (Wu et al., 2020)" if column not in measured else not_measured
@@ -101,8 +106,8 @@ MNIST_CLAIMS: tuple[PaperClaim, ...] = (
     PaperClaim("Table 2 text (Sec 4.2)", "ADD-Defense-S", "PGDt", 0.9749, "oblivious", "STu + PGDt",
                not_measured=_ADD_S),
     PaperClaim("Table 5", "Our (eps=0.3)", "MNIST-Linf (AutoAttack, ε 0.3)", 0.9765, "oblivious",
-               "L∞-PGD ε 0.3 (this suite's PGD is C.1's ε 0.15)", defense="full", figure="acc.defended.AA_Linf",
-               adaptive_figure="adaptive.aa_linf", trained_on=PAPER_PGD),
+               "L∞-PGD ε 0.3 (this suite's PGD is C.1's ε 0.15)", defense="full", figure=F.defended("AA_Linf").name,
+               adaptive_figure=F.adaptive_beside("AA_Linf").name, trained_on=PAPER_PGD),
     PaperClaim("Table 5", "CROWN", "MNIST-Linf (AutoAttack, ε 0.3)", 0.9396, "white-box", "CROWN-IBP",
                not_measured=_OTHER_METHOD.format("CROWN-IBP")),
     PaperClaim("Table 5", "IBP", "MNIST-Linf (AutoAttack, ε 0.3)", 0.9283, "white-box", "IBP",

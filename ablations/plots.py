@@ -10,6 +10,7 @@ matplotlib.use("Agg")  # files only; no display on workers or CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from addd import figures as F  # noqa: E402
 
 
 def ablation_bars(table: pd.DataFrame, summary: Mapping, known: Sequence[str], title: str) -> plt.Figure:
@@ -19,7 +20,8 @@ def ablation_bars(table: pd.DataFrame, summary: Mapping, known: Sequence[str], t
     y axis is zoomed to the bars (differences visible, not 0-1); the legend sits right of the bars.
 
     ``table``: ablations.report.accuracy_table (columns variant, kind, figure, attack, mean, std)."""
-    obl = table[table["figure"].str.startswith("acc.defended.")]
+    obl = table[table["threat_model"] == F.THREAT_WORDS[F.OBLIVIOUS]]
+    obl = obl[obl["figure"].map(lambda name: F.figure(name).attack is not None)]
     attacks = [a for a in (summary.get("eval_attacks") or list(dict.fromkeys(obl["attack"]))) if a in set(obl["attack"])]
     groups = [(kind, label) for kind, label in (("tuned", "tuned ablations"), ("fixed", "fixed ablations (full's config)"),
                                                 ("baseline", "baselines")) if (obl["kind"] == kind).any()]

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from addd import figures as F
 from ablations.paper_claims import CLAIMS, THREAT_MODELS, PaperClaim, claims_for
 
 COLUMNS = ["claim (source)", "threat model (paper)", "paper", "this run, oblivious (mean ± std [95% interval] n)",
@@ -40,8 +41,8 @@ def figure_stats(summary: Mapping[str, Any], defense: str, figure: str) -> Mappi
     entry = _entry(summary, defense)
     if entry is None:
         return None
-    section, name = ("adaptive", figure[len("adaptive."):]) if figure.startswith("adaptive.") else ("test", figure)
-    stats = (entry.get(section) or {}).get(name)
+    fig = F.figure(figure)
+    stats = (entry.get(fig.section) or {}).get(fig.key)
     if not stats or not _finite(stats.get("mean")):
         return None
     return stats

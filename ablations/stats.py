@@ -30,6 +30,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from addd import figures as F
+from addd.attack_names import ATTACK_NAMES
 from addd.errors import AdddError
 
 N_BOOT = 2000
@@ -79,34 +81,36 @@ def components(arrays: SeedArrays, figure: str, known: Sequence[str] = (), holdo
                ) -> tuple[np.ndarray, np.ndarray, str]:
     """(numerator, denominator, reduce) indicators, each (A, N) float: the figure on example
     weights w is ``reduce_a (num[a]·w / den[a]·w)`` with reduce "min" (A = 1 for single attacks)."""
-    attacks = sorted(k[len("oblivious."):-len(".correct")] for k in arrays
-                     if k.startswith("oblivious.") and k.endswith(".correct"))
+    attacks = sorted(a for a in ATTACK_NAMES if F.defended(a).per_example_key in arrays)
+    try:
+        fig = F.figure(figure)
+    except F.FigureError:
+        raise StatsError(f"no per-example definition of figure {figure!r}") from None
 
     def acc_t(attack: str) -> tuple[np.ndarray, np.ndarray]:
         try:
-            correct = np.asarray(arrays[f"oblivious.{attack}.correct"], bool)
+            correct = np.asarray(arrays[F.defended(attack).per_example_key], bool)
         except KeyError:
             raise StatsError(f"no per-example result for attack {attack!r} (have {', '.join(attacks)})") from None
-        excluded = np.asarray(arrays.get(f"oblivious.{attack}.excluded", np.zeros_like(correct)), bool)
+        excluded = np.asarray(arrays.get(F.defended(attack).excluded_key, np.zeros_like(correct)), bool)
         return correct & ~excluded, ~excluded
 
-    if figure.startswith("acc.defended."):
-        num, den = acc_t(figure[len("acc.defended."):])
+    if fig.threat == F.OBLIVIOUS and fig.attack is not None:
+        num, den = acc_t(fig.attack)
         return num[None].astype(float), den[None].astype(float), "min"
-    if figure.startswith("adaptive."):
-        key = f"{figure}.correct"
-        if key not in arrays:
+    if fig.is_adaptive and fig.per_example_key is not None:
+        if fig.per_example_key not in arrays:
             raise StatsError(f"no per-example result for {figure!r}")
-        correct = np.asarray(arrays[key], bool)
+        correct = np.asarray(arrays[fig.per_example_key], bool)
         return correct[None].astype(float), np.ones((1, len(correct))), "min"
-    if figure in ("worst.unknown", "worst.holdout", "worst.unknown_per_sample"):
-        chosen = [a for a in attacks if a not in known] if figure != "worst.holdout" else [a for a in holdout if a in attacks]
+    if figure in F.WORST_FIGURES:
+        chosen = [a for a in attacks if a not in known] if figure != F.WORST_HOLDOUT else [a for a in holdout if a in attacks]
         if not chosen:
             raise StatsError(f"{figure}: no attack to take the worst over")
         pairs = [acc_t(a) for a in chosen]
         num = np.stack([p[0] for p in pairs]).astype(float)
         den = np.stack([p[1] for p in pairs]).astype(float)
-        if figure != "worst.unknown_per_sample":
+        if figure != F.WORST_PER_SAMPLE:
             return num, den, "min"
         # robust: correct under all and excluded by none; counted: not excluded by all
         excluded = den == 0

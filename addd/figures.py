@@ -226,6 +226,19 @@ def register(fig: Figure) -> Figure:
     return fig
 
 
+def legend() -> dict[str, str]:
+    """What each family of figures means, keyed by name pattern (summary.json's ``threat_models``)."""
+    return {
+        CLEAN: "no attack, no defense: M_t(x)",
+        RECONSTRUCTION: "no attack, through the defense: M_t(G(E(x)))",
+        f"{UNDEFENDED_PREFIX}<attack>": THREAT_MODELS[UNDEFENDED],
+        f"{DEFENDED_PREFIX}<attack>": THREAT_MODELS[OBLIVIOUS],
+        "worst.*": "oblivious: minimum over attacks of acc.defended (per attack, or per sample)",
+        f"{ADAPTIVE_PREFIX}*": THREAT_MODELS[ADAPTIVE],
+        **{f.name: f"{f.threat}: {f.label}" for f in FIGURES.values() if f.split is not None},
+    }
+
+
 def trial_metrics(values: Mapping[str, float], split: str = TEST) -> dict[str, float]:
     """A trial report's entries of stable-named ``values`` (``addd`` results' ``to_metrics()``)."""
     return {figure(name).trial_key(split): value for name, value in values.items()}

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from addd.figures import WORST_UNKNOWN, figure
 from addd.runfolder import BEST_DIR, FINAL_FILES, REPORT_DIR, RunFolder
 from sweeps.plan import Plan, SweepError
 
+WORST_UNKNOWN_TEST = figure(WORST_UNKNOWN).trial_key("test")
 log = logging.getLogger(__name__)
 
 
@@ -324,7 +326,7 @@ def _study_done(job, result, seconds: float) -> None:
     """A study final finished in its Ray task: the line a person waits for (sweeps.console shows it)."""
     record, _ = result
     logging.getLogger("sweeps.study").info("study: %s seed %d done in %.0fs (worst.unknown %.3f)", job.name, job.seed,
-                                           seconds, record["metrics"].get("test/worst.unknown", float("nan")))
+                                           seconds, record["metrics"].get(WORST_UNKNOWN_TEST, float("nan")))
 
 
 def _collect_final_files(finals: list, folder: RunFolder) -> None:
@@ -343,18 +345,16 @@ def _collect_final_files(finals: list, folder: RunFolder) -> None:
 
 def parent_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """The parent run's figures, each name saying its threat model:
-    ``<variant>/test/oblivious/<attack>``, ``<variant>/test/undefended/<attack>``, ``<variant>/adaptive/<name>``."""
-    from sweeps.summary import threat_name
+    ``<variant>/test/oblivious/<attack>``, ``<variant>/test/undefended/<attack>``, ``<variant>/adaptive/<name>``
+    (spelled by ``addd.figures``)."""
+    from addd.figures import parent_metrics as figure_metrics
 
     metrics: dict[str, float] = {}
     for variant, entry in summary["variants"].items():
         if entry["search"].get("best_val_objective") is not None:
             metrics[f"{variant}/search/best_val_objective"] = entry["search"]["best_val_objective"]
         metrics[f"{variant}/search/stopped_early"] = entry["search"]["stopped_early"]
-        for name, stats in entry["test"].items():
-            metrics[f"{variant}/test/{threat_name(name)}"] = stats["mean"]
-        for name, stats in entry["adaptive"].items():
-            metrics[f"{variant}/adaptive/{name}"] = stats["mean"]
+        metrics.update(figure_metrics(variant, entry))
     return metrics
 
 

@@ -59,8 +59,10 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from addd.errors import AdddError
+from addd.figures import WORST_UNKNOWN, figure
 from addd.runfolder import METRICS_FILE, PER_EXAMPLE_FILE, REPORT_DIR, RunFolder, experiment_name, final_folder
 
+WORST_UNKNOWN_TEST = figure(WORST_UNKNOWN).trial_key("test")  # the figure a finished final's log line shows
 log = logging.getLogger("sweeps.study")  # also under python -m (progress the console shows)
 
 BASELINE_KEYS = ("no_defense", "ape_gan", "adv_training")
@@ -172,7 +174,7 @@ def run_job(job: Job, ctx, folder: RunFolder) -> tuple[dict[str, Any], bool]:
               "losses": [dict(r.losses) for r in getattr(defense, "history", [])]}
     atomic_write_bytes(done, json.dumps(record, indent=1).encode())
     log.info("study: %s seed %d done in %.0fs (worst.unknown %.3f)", job.name, job.seed, time.perf_counter() - start,
-             metrics.get("test/worst.unknown", float("nan")))
+             metrics.get(WORST_UNKNOWN_TEST, float("nan")))
     return record, True
 
 
@@ -265,10 +267,10 @@ def known_of(entry_: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def comparison_figures(summary: Mapping[str, Any]) -> list[str]:
-    from addd.adaptive import METRICS
+    """The figures compared to full: the worst cases, each oblivious attack, every adaptive figure."""
+    from addd import figures as F
 
-    return (["worst.unknown", "worst.unknown_per_sample", "worst.holdout"]
-            + [f"acc.defended.{a}" for a in summary.get("eval_attacks", [])] + list(METRICS))
+    return [*F.WORST_FIGURES, *(F.defended(a).name for a in summary.get("eval_attacks", [])), *F.ADAPTIVE_FIGURES]
 
 
 def comparisons(summary: Mapping[str, Any], folder: RunFolder, *, n_boot: int, seed: int = 0) -> dict[str, Any]:
@@ -432,17 +434,13 @@ def run_study(run_dir: str | Path, *, tracker=None, parent_run_id: str | None = 
 
 def study_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """Parent-run figures of the study: ``<name>/test/...``, ``<name>/adaptive/...`` (means) and
-    ``<name>/diff/<figure>`` (other − full)."""
-    from sweeps.summary import threat_name
+    ``<name>/diff/<figure>`` (other − full); spelled by ``addd.figures``."""
+    from addd.figures import parent_metrics
 
     metrics: dict[str, float] = {}
     for name, (kind, e) in defenses(summary).items():
-        if kind == "tuned":
-            continue  # the sweep logged those
-        for figure, stats in e["test"].items():
-            metrics[f"{name}/test/{threat_name(figure)}"] = stats["mean"]
-        for figure, stats in e["adaptive"].items():
-            metrics[f"{name}/adaptive/{figure}"] = stats["mean"]
+        if kind != "tuned":  # the sweep logged those
+            metrics.update(parent_metrics(name, e))
     for name, c in summary.get("comparisons", {}).items():
         for figure, d in c["figures"].items():
             metrics[f"{name}/diff/{figure}"] = d["difference"]
@@ -585,7 +583,8 @@ def study_config(args: argparse.Namespace) -> Path:
     from addd.storage import atomic_write_bytes
     from addd.target_models import default_cache_dir, get_target_model
     from sweeps.spaces import get_space
-    from sweeps.summary import FORMAT, THREAT_MODELS, summary_header
+    from addd.figures import legend
+    from sweeps.summary import FORMAT, summary_header
     from sweeps.trial import sweep_dataset
 
     space = get_space(args.space, smoke=args.smoke)
@@ -599,7 +598,7 @@ def study_config(args: argparse.Namespace) -> Path:
     target = get_target_model(dataset, arch=space.target_arch, cache_dir=cache_dir, device=device)
     summary: dict[str, Any] = {"format": FORMAT, **summary_header(space, args.smoke, dataset, target, cache_dir),
                                "config_source": str(args.config), "objective": "none: a given config, no search",
-                               "threat_models": THREAT_MODELS}
+                               "threat_models": legend()}
     folder.plan.write_text(json.dumps({"run_dir": str(folder.root), "data_root": str(args.data_root.resolve()),
                                        "config": given}, indent=1))
     tracker = tracker_for(folder.root, summary, args.tracking_uri)

@@ -11,20 +11,10 @@ from __future__ import annotations
 import statistics
 from typing import Any, Mapping, Sequence
 
+from addd.figures import legend
 from sweeps.trialspec import EPOCH, TrialOutcome, is_finite
 
 FORMAT = "addd-sweep-summary/2"
-
-# What each family of figures means; summary.json, the report and MLflow use these names.
-THREAT_MODELS = {
-    "acc.clean": "no attack, no defense: M_t(x)",
-    "acc.reconstruction": "no attack, through the defense: M_t(G(E(x)))",
-    "acc.undefended.<attack>": "white-box on M_t, no defense: M_t(x_adv), x_adv computed on M_t",
-    "acc.defended.<attack>": "oblivious: x_adv computed on M_t alone, then M_t(G(E(x_adv))) (the paper's Table 1)",
-    "worst.*": "oblivious: minimum over attacks of acc.defended (per attack, or per sample)",
-    "adaptive.*": "adaptive: x_adv computed on the whole pipeline M_t(G(E(.))) (white-box PGD, AutoAttack; "
-                  "BPDA is the paper's Sec 4.3 attack with an identity backward pass)",
-}
 
 
 def summary_header(space: Any, smoke: bool, dataset: Any, target: Any, cache_dir: Any) -> dict[str, Any]:
@@ -45,15 +35,6 @@ def summary_header(space: Any, smoke: bool, dataset: Any, target: Any, cache_dir
         "finalists": space.describe_finalists(),
         "cache_dir": str(cache_dir),
     }
-
-
-def threat_name(metric: str) -> str:
-    """A test figure's name on the MLflow parent run, saying its threat model: ``acc.defended.<a>``
-    -> ``oblivious/<a>``, ``acc.undefended.<a>`` -> ``undefended/<a>``, ``worst.<x>`` -> ``oblivious/worst.<x>``."""
-    for old, new in (("acc.defended.", "oblivious/"), ("acc.undefended.", "undefended/"), ("worst.", "oblivious/worst.")):
-        if metric.startswith(old):
-            return new + metric[len(old):]
-    return metric
 
 
 def _stats(values: list[float]) -> dict[str, Any]:
@@ -151,7 +132,7 @@ def build_summary(
         "format": FORMAT,
         **header,
         "objective": "val worst-case accuracy over the trial's unknown attacks (oblivious), maximised",
-        "threat_models": THREAT_MODELS,
+        "threat_models": legend(),
         "variants": variants,
         "best": best,
         "best_reason": None if best else "no seed re-run finished with a finite objective; see each variant's search",

@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from addd import figures
 from addd.advcache import AdvSet
 from addd.evaluate import evaluate
 from addd.runfolder import CURVE_FILE, DEFENSE_FILE, IMAGES_FILE, PER_EXAMPLE_FILE
@@ -127,23 +128,24 @@ def build_context(space: Any, splits: Mapping[str, SplitSets], target_model: nn.
 
 def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tuple[str, ...],
                    per_example: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-    """addd.evaluate's oblivious metrics on ``split``, named ``{split}/<metric>`` (``val/worst.unknown``, ...).
+    """addd.evaluate's oblivious metrics on ``split``, named by ``addd.figures`` (``val/worst.unknown``, ...).
     ``per_example`` (if given) receives ``oblivious.<attack>.correct`` / ``.excluded`` masks."""
     data: SplitSets = getattr(ctx, split)
     report = evaluate(defense, ctx.target_model, data.x, data.y, data.adv, known_attacks=known, holdout=ctx.holdout_attacks,
                       undefended_model=ctx.undefended_model)
     if per_example is not None:
         for attack, (correct, excluded) in report.masks.items():
-            per_example[f"oblivious.{attack}.correct"] = correct.contiguous()
-            per_example[f"oblivious.{attack}.excluded"] = excluded.contiguous()
-    return {f"{split}/{k}": v for k, v in report.to_metrics().items()}
+            fig = figures.defended(attack)
+            per_example[fig.per_example_key] = correct.contiguous()
+            per_example[fig.excluded_key] = excluded.contiguous()
+    return figures.trial_metrics(report.to_metrics(), split)
 
 
 def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curve: bool,
                       per_example: dict[str, torch.Tensor]) -> dict[str, float]:
     """Adaptive attacks on M_t(G(E(.))) and, if ``curve``, the robustness curve, on the test split
-    (or its first ``n`` examples); the curve is written to ``out_dir`` as CSV. Metrics named
-    ``adaptive/<name>``."""
+    (or its first ``n`` examples); the curve is written to ``out_dir`` as CSV. Metrics named by
+    ``addd.figures`` (``adaptive/<name>``)."""
     from addd.adaptive import evaluate_adaptive_suite, robustness_curve
     from addd.attacks import attack_params
 
@@ -154,10 +156,10 @@ def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curv
     eps = float(attack_params("PGDu", f.dataset)["eps"])  # the oblivious PGD's eps: figures side by side
     suite = evaluate_adaptive_suite(ctx.target_model, defense, x, y, dataset=f.dataset, eps=eps, steps=f.steps,
                                     seed=f.seed, budget=f.budget, autoattack=f.autoattack)
-    metrics = {f"adaptive/{k.removeprefix('adaptive.')}": v for k, v in suite.to_metrics().items()}
+    metrics = figures.trial_metrics(suite.to_metrics())
     for row in suite.rows:
         if row.correct is not None:
-            per_example[f"{row.metric}.correct"] = row.correct.contiguous()
+            per_example[figures.figure(row.metric).per_example_key] = row.correct.contiguous()
     if curve:
         frame = robustness_curve(ctx.target_model, defense, x, y, eps_max=eps, num=f.curve_points, steps=f.curve_steps or f.steps,
                                  seed=f.seed, undefended_model=ctx.undefended_model)
