@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,7 +345,7 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
                 verbose=0,
             ),
         )
-    grid = tuner.fit()
+    grid = _fit(tuner, path)
     outcomes = []
     for result in grid:
         metrics = dict(result.metrics or {})
@@ -357,6 +359,37 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
             )
         )
     return outcomes
+
+
+class TuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGUSR1 stopped the Tuner: Tune saved the experiment's state, which
+    ``resume`` continues; the outcomes so far are not the sweep's."""
+
+
+def _fit(tuner: tune.Tuner, path: str):
+    """``tuner.fit()``; raises :class:`TuneInterrupted` if a signal stopped it, KeyboardInterrupt
+    at once on a second Ctrl-C.
+
+    Tune's own handler (``ray.tune.tune._setup_signal_catching``) takes the first SIGINT: it sets
+    the experiment's interrupted event, puts back the handler it replaced and lets ``fit`` save
+    the state and return normally. The handler it replaced is this one, so finding it installed
+    after ``fit`` means Tune was interrupted; called, it is the second Ctrl-C.
+    """
+    def second_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread() or int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):
+        return tuner.fit()  # no Tune handler: a Ctrl-C raises KeyboardInterrupt in fit
+    previous = signal.signal(signal.SIGINT, second_interrupt)
+    try:
+        grid = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is second_interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        log.info("the search was interrupted; Tune saved its state in %s", path)
+        raise TuneInterrupted(path)
+    return grid
 
 
 def _last_line(message: str | None) -> str | None:

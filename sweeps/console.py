@@ -68,6 +68,17 @@ class _Buffer(logging.Handler):
         super().close()
 
 
+class _LogFile(logging.FileHandler):
+    """The log file. A record it cannot write (its disk is full) is counted and dropped, instead of
+    logging's "--- Logging error ---" and a traceback on the console for every record: the sweep
+    ends with one line saying which folder filled (sweeps.run.full_folder)."""
+
+    dropped = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.dropped += 1
+
+
 class _ToConsole(logging.Handler):
     """Log records on the console: ours from WARNING on, progress loggers' INFO (everything with ``-v``)."""
 
@@ -194,7 +205,7 @@ class Console:
         if self._buffer is None or self.log_path is not None:
             return self.log_path or path
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8", delay=False)
+        handler = _LogFile(path, mode="a", encoding="utf-8", delay=False)
         handler.setFormatter(logging.Formatter(_FILE_FORMAT))
         self._buffer.open(handler)
         self.log_path = path
