@@ -59,7 +59,9 @@ def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
     """Join ``address`` (``auto`` under ``ray submit``) or start a local Ray. Returns its resources.
 
     A local Ray listens on 127.0.0.1 only (GCS, raylet, object manager, workers): it runs with
-    token authentication off, so nothing beyond this machine may reach it. Ray needs both the
+    token authentication off, so nothing beyond this machine may reach it. A cluster joined by
+    ``address`` is the project's, started with token authentication (sweeps/cluster*.yaml): a
+    refusal (no or a wrong token) raises SweepError. Ray needs both the
     node address and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set before it starts.
 
     Ray's console output is the sweep console's, not Ray's: Ray's loggers propagate to the root
@@ -85,7 +87,14 @@ def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
         ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
     else:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as exc:  # Ray says "Failed to connect"; its log line says why (e.g. InvalidAuthToken)
+            from sweeps.plan import SweepError
+
+            raise SweepError(f"--address {address}: Ray refused to join the cluster ({exc}); a cluster with token "
+                             f"authentication needs its token here: the head's ~/.ray/auth_token (mode 0600), "
+                             f"RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, with RAY_AUTH_MODE=token") from None
     ray_logger = logging.getLogger("ray")
     ray_logger.propagate, ray_logger.level = True, logging.INFO  # configure_logging=False left it silenced
     if quiet["log_to_driver"]:

@@ -180,6 +180,20 @@ def _reachable(host: str, port: int, timeout: float = 3.0) -> str | None:
         return exc.strerror or str(exc) or type(exc).__name__
 
 
+def _no_ray_token() -> str | None:
+    """Why this process has no Ray authentication token (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH
+    names, else ~/.ray/auth_token: where Ray looks), or None if it has one or RAY_AUTH_MODE=disabled."""
+    import os
+
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" or os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return None if path.read_text().strip() else f"{path} is empty"
+    except OSError:
+        return f"no Ray authentication token here (no RAY_AUTH_TOKEN, no {path})"
+
+
 def preflight(plan) -> None:
     """What can be known before the sweep loads data, starts Ray or writes anything: the MLflow
     server and the Ray cluster answer, and the run folder can be written. Raises SweepError."""
@@ -206,6 +220,10 @@ def preflight(plan) -> None:
         if why := _reachable(target.hostname, target.port):
             raise SweepError(f"--address {plan.address}: no Ray cluster answers there ({why}); check the head's address "
                              f"and port (ray status on the head) or drop --address to start a local Ray")
+        if why := _no_ray_token():  # Ray would try to join for ~25 s, then fail with a traceback
+            raise SweepError(f"--address {plan.address}: {why}; the project's clusters refuse a client without the "
+                             f"cluster's token: copy the head's ~/.ray/auth_token here (mode 0600) or set RAY_AUTH_TOKEN "
+                             f"(RAY_AUTH_MODE=disabled joins a cluster started without authentication)")
     state = plan.run_dir / "sweep.json"
     if plan.resume and not state.exists():
         what = "is not a sweep's run folder" if plan.run_dir.exists() and any(plan.run_dir.iterdir()) else "holds no sweep"
