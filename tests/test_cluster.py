@@ -126,6 +126,21 @@ def _assert_refused_without_token(address: str, tmp: Path) -> None:
     assert not (tmp / "refused-run").exists()
 
 
+def _assert_wrong_token_is_one_error_line(address: str, tmp: Path) -> None:
+    """A sweep with a token that is not the cluster's: Ray refuses it (~25 s) and the sweep ends
+    with one ``error:`` line (Ray's own log line about the refusal may precede it), no traceback."""
+    wrong = tmp / "wrong_token"
+    wrong.write_text("0" * 64)
+    wrong.chmod(0o600)
+    sweep = subprocess.run(RUN + ["--space", "digits_ablation", "--smoke", "--no-study", "--address", address,
+                                  "--run-dir", str(tmp / "wrong-token-run"), "--data-root", str(tmp / "data")],
+                           cwd=tmp, capture_output=True, text=True, timeout=300, env=env(wrong))
+    assert sweep.returncode == 2, sweep.stdout[-2000:] + sweep.stderr[-3000:]
+    errors = [line for line in sweep.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Ray refused to join the cluster" in errors[0], sweep.stderr[-3000:]
+    assert "Traceback" not in sweep.stderr, sweep.stderr[-3000:]
+
+
 def _assert_loopback_only(pids: set[int]) -> None:
     """Every TCP listener of ``pids`` is bound to 127.0.0.1."""
     table = listeners()
@@ -173,6 +188,7 @@ def test_sweep_on_two_ray_nodes(tmp_path):
         t_up = time.perf_counter() - t0
         _assert_loopback_only(descendants({head.pid, worker.pid}))
         _assert_refused_without_token(address, tmp_path)
+        _assert_wrong_token_is_one_error_line(address, tmp_path)
 
         run_dir, cache_dir, storage = tmp_path / "run", tmp_path / "cache", tmp_path / "ray_results"
         sampler = _ProcessSampler({head.pid: "head", worker.pid: "worker"})

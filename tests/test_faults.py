@@ -383,7 +383,7 @@ def _ctrl_c(proc: subprocess.Popen, times: int = 1) -> float:
 def _resume_line(err: Path, args: list[str]) -> str:
     import shlex
 
-    expected = "interrupted: resume with python " + shlex.join([args[1], *args[2:], "--resume"])
+    expected = "interrupted: resume with python " + shlex.join([args[1], *[a for a in args[2:] if a != "--resume"], "--resume"])
     lines = err.read_text().splitlines()
     assert lines and lines[-1] == expected, err.read_text()[-3000:]
     return expected
