@@ -105,13 +105,35 @@ def duration(seconds: float | None) -> str:
 
 
 def adv_set_origin(adv_set: Any, since: float) -> str:
-    """"generated" if the cache entry behind ``adv_set`` was written after ``since`` (a time.time()),
-    else "cached"."""
+    """How the cache got ``adv_set`` (``addd.advcache.ORIGINS``: "cached", "generated", "rebuilt"
+    because its entry was damaged, "waited" for another sweep that generated it). A set without
+    an origin: "generated" if its cache entry was written after ``since`` (a time.time()), else "cached"."""
+    origin = getattr(adv_set, "origin", None)
+    if origin in ("generated", "rebuilt", "waited"):
+        return origin
     created = getattr(getattr(adv_set, "manifest", None), "created", None)
     try:
         return "generated" if created and datetime.fromisoformat(created).timestamp() >= since - 1 else "cached"
     except ValueError:
         return "cached"
+
+
+_ORIGIN_LINES = {  # what the console says of a set not simply read from the cache
+    "generated": "generated in {seconds:.1f}s",
+    "rebuilt": "rebuilt in {seconds:.1f}s (its cache entry was damaged; the log file names it)",
+    "waited": "loaded after waiting {seconds:.1f}s for another sweep that built it",
+}
+
+
+class _LogFile(logging.FileHandler):
+    """The log file. A record it cannot write (its disk is full) is counted and dropped, instead of
+    logging's "--- Logging error ---" and a traceback on the console for every record: the sweep
+    ends with one line saying which folder filled (sweeps.run.full_folder)."""
+
+    dropped = 0
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.dropped += 1
 
 
 class Console:
@@ -178,7 +200,7 @@ class Console:
         if self._buffer is None or self.log_path is not None:
             return self.log_path or path
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, mode="a", encoding="utf-8", delay=False)
+        handler = _LogFile(path, mode="a", encoding="utf-8", delay=False)
         handler.setFormatter(logging.Formatter(_FILE_FORMAT))
         self._buffer.open(handler)
         self.log_path = path
@@ -234,14 +256,16 @@ class Console:
 
     # -- adversarial sets
     def adv_set(self, attack: str, split: str, seconds: float, origin: str) -> None:
-        """One line per generated set; sets read from the cache are gathered into one line per split."""
+        """One line per set generated, rebuilt or waited for; sets read from the cache are gathered
+        into one line per split."""
         if origin == "cached":
             if self._cached and self._cached[0] != split:
                 self.flush_cached()
             self._cached = (split, [*(self._cached[1] if self._cached else []), attack])
             return
         self.flush_cached()
-        self.line(f"{self.stamp()} adversarial set {attack:<8} {split:<5} generated in {seconds:.1f}s")
+        how = _ORIGIN_LINES.get(origin, _ORIGIN_LINES["generated"]).format(seconds=seconds)
+        self.line(f"{self.stamp()} adversarial set {attack:<8} {split:<5} {how}")
 
     def flush_cached(self) -> None:
         if self._cached:

@@ -64,6 +64,12 @@ ProgressFn = Callable[[str, int, int], None]  # (attack, examples done, total)
 MapFn = Callable[[Callable[[Any], Any], list], list]  # map_fn(fn, items) -> [fn(item) ...]
 
 
+# AdvSet.origin: read from the cache; generated here; generated here because the entry on disk was
+# damaged; read after waiting for the lock of another process (another sweep) that generated it
+CACHED, GENERATED, REBUILT, WAITED = "cached", "generated", "rebuilt", "waited"
+ORIGINS = (CACHED, GENERATED, REBUILT, WAITED)
+
+
 class AdvCacheError(AdddError):
     """A cache request or an attack's output is unusable; the message says what to fix."""
 
@@ -169,6 +175,8 @@ class AdvSet:
     y: torch.Tensor  # (N,) int64 true labels
     target: torch.Tensor | None  # (N,) int64 target classes of a targeted attack, else None
     manifest: AdvManifest | None = None  # None for sets not read from the cache
+    # how get_or_create got it: one of ORIGINS ("cached" for sets not made by the cache)
+    origin: str = "cached"
 
     @property
     def targeted(self) -> bool:
@@ -236,7 +244,9 @@ class AdvCache:
         return (entry / MANIFEST_FILE).is_file() and (entry / TENSORS_FILE).is_file()
 
     def get_or_create(self, request: AdvRequest, progress: ProgressFn | None = None) -> AdvSet:
-        """Read the entry for ``request``, or generate, store and return it (once across workers)."""
+        """Read the entry for ``request``, or generate, store and return it (once across workers).
+        The set's ``origin`` says which: CACHED, GENERATED, REBUILT (the entry was damaged) or
+        WAITED (another process generated it while this one waited for its lock)."""
         fields = self.key_fields(request)
         key = stable_hash(fields, length=32)
         entry = self.entry_dir(request, key)
@@ -250,19 +260,21 @@ class AdvCache:
         lock_path = self.root / ".locks" / f"{key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(lock_path), timeout=self.lock_timeout):
+            origin = GENERATED
             if entry.exists():
                 try:  # another worker made it while we waited
                     adv_set = self._read(entry, key, request)
                     _report(progress, request.attack, len(request.x), len(request.x))
-                    return adv_set
+                    return dataclasses.replace(adv_set, origin=WAITED)
                 except _InvalidEntry as exc:
                     logger.warning(
                         "advcache entry %s (%s on %s/%s) is invalid: %s; rebuilding it",
                         entry, request.attack, request.dataset, request.split, exc,
                     )
                     self._discard(entry)
+                    origin = REBUILT
             self._generate(request, fields, key, entry, progress)
-            return self._read(entry, key, request)
+            return dataclasses.replace(self._read(entry, key, request), origin=origin)
 
     def get_many(
         self,

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import os
 import pickle
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,7 +59,9 @@ def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
     """Join ``address`` (``auto`` under ``ray submit``) or start a local Ray. Returns its resources.
 
     A local Ray listens on 127.0.0.1 only (GCS, raylet, object manager, workers): it runs with
-    token authentication off, so nothing beyond this machine may reach it. Ray needs both the
+    token authentication off, so nothing beyond this machine may reach it. A cluster joined by
+    ``address`` is the project's, started with token authentication (sweeps/cluster*.yaml): a
+    refusal (no or a wrong token) raises SweepError. Ray needs both the
     node address and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, set before it starts.
 
     Ray's console output is the sweep console's, not Ray's: Ray's loggers propagate to the root
@@ -83,7 +87,14 @@ def init(address: str | None, num_cpus: int | None = None) -> dict[str, float]:
         ray_constants.ENABLE_RAY_CLUSTER = False
         ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address=LOOPBACK, **quiet)
     else:
-        ray.init(address=address, **quiet)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as exc:  # Ray says "Failed to connect"; its log line says why (e.g. InvalidAuthToken)
+            from sweeps.plan import SweepError
+
+            raise SweepError(f"--address {address}: Ray refused to join the cluster ({exc}); a cluster with token "
+                             f"authentication needs its token here: the head's ~/.ray/auth_token (mode 0600), "
+                             f"RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, with RAY_AUTH_MODE=token") from None
     ray_logger = logging.getLogger("ray")
     ray_logger.propagate, ray_logger.level = True, logging.INFO  # configure_logging=False left it silenced
     if quiet["log_to_driver"]:
@@ -343,7 +354,7 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
                 verbose=0,
             ),
         )
-    grid = tuner.fit()
+    grid = _fit(tuner, path)
     outcomes = []
     for result in grid:
         metrics = dict(result.metrics or {})
@@ -357,6 +368,37 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
             )
         )
     return outcomes
+
+
+class TuneInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGUSR1 stopped the Tuner: Tune saved the experiment's state, which
+    ``resume`` continues; the outcomes so far are not the sweep's."""
+
+
+def _fit(tuner: tune.Tuner, path: str):
+    """``tuner.fit()``; raises :class:`TuneInterrupted` if a signal stopped it, KeyboardInterrupt
+    at once on a second Ctrl-C.
+
+    Tune's own handler (``ray.tune.tune._setup_signal_catching``) takes the first SIGINT: it sets
+    the experiment's interrupted event, puts back the handler it replaced and lets ``fit`` save
+    the state and return normally. The handler it replaced is this one, so finding it installed
+    after ``fit`` means Tune was interrupted; called, it is the second Ctrl-C.
+    """
+    def second_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread() or int(os.getenv("TUNE_DISABLE_SIGINT_HANDLER", "0")):
+        return tuner.fit()  # no Tune handler: a Ctrl-C raises KeyboardInterrupt in fit
+    previous = signal.signal(signal.SIGINT, second_interrupt)
+    try:
+        grid = tuner.fit()
+        interrupted = signal.getsignal(signal.SIGINT) is second_interrupt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        log.info("the search was interrupted; Tune saved its state in %s", path)
+        raise TuneInterrupted(path)
+    return grid
 
 
 def _last_line(message: str | None) -> str | None:

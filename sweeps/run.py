@@ -180,6 +180,20 @@ def _reachable(host: str, port: int, timeout: float = 3.0) -> str | None:
         return exc.strerror or str(exc) or type(exc).__name__
 
 
+def _no_ray_token() -> str | None:
+    """Why this process has no Ray authentication token (RAY_AUTH_TOKEN, the file RAY_AUTH_TOKEN_PATH
+    names, else ~/.ray/auth_token: where Ray looks), or None if it has one or RAY_AUTH_MODE=disabled."""
+    import os
+
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled" or os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return None
+    path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    try:
+        return None if path.read_text().strip() else f"{path} is empty"
+    except OSError:
+        return f"no Ray authentication token here (no RAY_AUTH_TOKEN, no {path})"
+
+
 def preflight(plan) -> None:
     """What can be known before the sweep loads data, starts Ray or writes anything: the MLflow
     server and the Ray cluster answer, and the run folder can be written. Raises SweepError."""
@@ -206,6 +220,10 @@ def preflight(plan) -> None:
         if why := _reachable(target.hostname, target.port):
             raise SweepError(f"--address {plan.address}: no Ray cluster answers there ({why}); check the head's address "
                              f"and port (ray status on the head) or drop --address to start a local Ray")
+        if why := _no_ray_token():  # Ray would try to join for ~25 s, then fail with a traceback
+            raise SweepError(f"--address {plan.address}: {why}; the project's clusters refuse a client without the "
+                             f"cluster's token: copy the head's ~/.ray/auth_token here (mode 0600) or set RAY_AUTH_TOKEN "
+                             f"(RAY_AUTH_MODE=disabled joins a cluster started without authentication)")
     state = plan.folder.state
     if plan.resume and not state.exists():
         what = "is not a sweep's run folder" if plan.run_dir.exists() and any(plan.run_dir.iterdir()) else "holds no sweep"
@@ -226,6 +244,87 @@ def preflight(plan) -> None:
         except OSError as exc:
             raise SweepError(f"cannot write {option} {path} ({exc.strerror or exc} in {folder}); "
                              f"pass a writable {option}") from None
+
+
+# ----------------------------------------------------------------------------- disk space
+MiB = 1 << 20
+DATABASES_AND_LOGS = 4 * MiB  # optuna.db, mlflow.db, sweep.log, events and Tune's experiment state of a smoke sweep: ~2 MiB
+
+
+def estimate_disk(plan) -> dict[str, int]:
+    """What the run folder will hold, estimated before anything runs: one checkpoint per trial
+    (the defense's float32 weights, Adam's two moments of each, the restored example images), one
+    more while Tune replaces a trial's checkpoint, the best defense and its MLflow copy, and the
+    databases and logs. Measured on the digits smoke sweep: 1.9 MB a checkpoint, estimated 1.9 MB."""
+    from addd.defense import ADDDefense
+
+    s = plan.space
+    config = s.base_config()  # variant "full": the most networks
+    weights = 4 * sum(p.numel() for p in ADDDefense(config).parameters())
+    image = 4 * config.network.channels * config.network.image_size ** 2
+    images = s.grid_examples * image * (1 + 2 * len(s.attacks))  # originals; adversarial and restored per attack
+    checkpoint = 3 * weights + images
+    trials = len(s.variants) * (plan.num_samples + plan.seeds)
+    return {"checkpoint_bytes": checkpoint, "trials": trials,
+            "run_folder_bytes": checkpoint * (trials + 3) + DATABASES_AND_LOGS}
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _written_folders(plan) -> dict[str, Path]:
+    """The local folders the sweep writes into, by the option that names them."""
+    folders = {"--run-dir": plan.run_dir, "--cache-dir": plan.cache_dir}
+    if "://" not in plan.storage_path:
+        folders["--storage-path"] = Path(plan.storage_path)
+    for option, uri in (("--optuna-storage", plan.optuna_url), ("--tracking-uri", plan.tracking_uri)):
+        if uri.startswith("sqlite:///"):
+            folders[option] = Path(uri[len("sqlite:///"):]).parent
+    return folders
+
+
+def warn_if_short_of_space(plan) -> None:
+    """A warning line when the run folder's (and a local --storage-path's) disk has less free space
+    than the sweep will write there (:func:`estimate_disk`)."""
+    import shutil
+
+    need = estimate_disk(plan)
+    for option in ("--run-dir", "--storage-path"):
+        folder = _written_folders(plan).get(option)
+        if folder is None or (option == "--storage-path" and folder.is_relative_to(plan.run_dir)):
+            continue
+        free = shutil.disk_usage(_nearest_existing(folder)).free
+        if free < need["run_folder_bytes"]:
+            log.warning("%s %s has %.1f MiB free, less than the ~%.1f MiB this sweep writes (%d trials x %.1f MiB "
+                        "checkpoints, databases, logs); free space there or pass a %s on a larger disk", option,
+                        folder, free / MiB, need["run_folder_bytes"] / MiB, need["trials"],
+                        need["checkpoint_bytes"] / MiB, option)
+
+
+def full_folder(plan, exc: BaseException) -> str | None:
+    """If ``exc`` (or what caused it) is a full disk, or a folder the sweep writes has under 1 MiB
+    left, the option and folder that filled (the one with the least free space), else None."""
+    import errno
+    import shutil
+
+    seen, pending, full = set(), [exc], False
+    while pending and not full:  # the error chain, through Ray's task errors (.cause) and Optuna's wrappers
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        text = str(error).lower()
+        full = (isinstance(error, OSError) and error.errno == errno.ENOSPC) or any(
+            phrase in text for phrase in ("no space left", "disk is full", "errno 28"))
+        pending += [error.__cause__, error.__context__, getattr(error, "cause", None)]
+    free = {option: shutil.disk_usage(_nearest_existing(folder)).free for option, folder in _written_folders(plan).items()}
+    option = min(free, key=free.get)
+    if not full and free[option] >= MiB:
+        return None
+    return f"{option} {_written_folders(plan)[option]} ({free[option] / MiB:.1f} MiB free)"
 
 
 def sync_mlflow(run_dir: Path, tracking_uri: str | None) -> int:
@@ -270,6 +369,21 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
+INTERRUPTED = 130  # the exit status of a process ended by SIGINT (128 + 2), as shells report it
+
+
+def resume_command(argv: list[str], run_dir: Path | None) -> str:
+    """The command line that continues this sweep: the same options and ``--resume`` if the
+    run folder already holds its state, else the same command again."""
+    import shlex
+
+    script = sys.argv[0] if sys.argv and sys.argv[0].endswith("run.py") else "sweeps/run.py"
+    args = [a for a in argv if a != "--resume"]
+    if run_dir is not None and RunFolder(run_dir).state.exists():
+        args.append("--resume")
+    return "python " + shlex.join([script, *args])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -290,22 +404,38 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print(f"error: give --space NAME (one of {', '.join(SPACES)}) or --list-spaces", file=sys.stderr)
         return 2
+    plan = None
     try:
         plan = make_plan(args)
         if args.dry_run:
-            print(json.dumps(plan.describe(), indent=2))
+            print(json.dumps({**plan.describe(), "disk_estimate": estimate_disk(plan)}, indent=2))
             return 0
         preflight(plan)
+        warn_if_short_of_space(plan)
         from sweeps.driver import run_sweep
 
         console.begin(plan)
         summary_path = run_sweep(plan, console.on_event)
-    except AdddError as exc:  # every project error; the message says what to do
+    except Exception as exc:  # noqa: BLE001 - a project error or a full disk: one line; anything else: raised
         console.stop_live()
         if args.verbose:
             raise
+        where = full_folder(plan, exc) if plan is not None else None
+        if where is not None:
+            command = resume_command(sys.argv[1:] if argv is None else list(argv), plan.run_dir)
+            print(f"error: the disk filled up: {where}; free space there (or pass that option a larger disk), "
+                  f"then continue with {command}", file=sys.stderr)
+            return 2
+        if not isinstance(exc, AdddError):  # every project error; the message says what to do
+            raise
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: Tune saved the search's state (sweeps._ray.TuneInterrupted), or a 2nd Ctrl-C
+        console.stop_live()
+        command = resume_command(sys.argv[1:] if argv is None else list(argv), plan.run_dir if plan else None)
+        print(f"interrupted: {'resume' if command.endswith('--resume') else 'start it again'} with {command}",
+              file=sys.stderr)
+        return INTERRUPTED
     finally:
         console.stop_live()
     console.finish(summary_path)

@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from addd.advcache import SUBDIR, AdvCache, AdvCacheError, AdvRequest, AdvSet
+from addd.advcache import CACHED, GENERATED, REBUILT, SUBDIR, WAITED, AdvCache, AdvCacheError, AdvRequest, AdvSet
 from addd.metrics import accuracy_untargeted
 
 # ---- stand-ins: a tiny model, a seeded attack that counts its runs ------------------------
@@ -173,6 +173,22 @@ def test_damaged_entry_is_detected_and_rebuilt(tmp_path, caplog, damage):
     assert str(entry) in caplog.text
     assert torch.equal(rebuilt.x_adv, original.x_adv)
 
+
+
+def test_origin_says_generated_cached_rebuilt_and_waited(tmp_path):
+    """What the console tells a person: a set generated here, read back, rebuilt because its entry
+    was damaged, or read after waiting for another generator of the same entry."""
+    cache, request = make_cache(tmp_path / "c", delay=0.2), make_request()
+    assert cache.get_or_create(request).origin == GENERATED
+    assert cache.get_or_create(request).origin == CACHED
+    path = _tensor_file(cache, request)
+    path.write_bytes(path.read_bytes()[:300])
+    assert cache.get_or_create(request).origin == REBUILT
+    assert cache.get_or_create(request).origin == CACHED
+    other = make_request("PGDt")
+    with ThreadPoolExecutor(3) as pool:
+        origins = sorted(pool.map(lambda _: cache.get_or_create(other).origin, range(3)))
+    assert origins == sorted([GENERATED, WAITED, WAITED])
 
 def test_failed_generation_leaves_nothing_and_can_be_retried(tmp_path):
     def broken(name, model, x, y, **kwargs):

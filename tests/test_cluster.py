@@ -5,6 +5,8 @@
   results/checkpoints/summary in the storage path and run folder;
 * ``ray up`` / ``ray submit`` / ``ray down`` with the local provider against a private sshd
   (the README's "Cluster" steps);
+* both clusters run with Ray's token authentication on, and a client without the token is
+  refused with one line (Ray's ConnectionError, the sweep's ``error:``), not left waiting;
 * shared backends: PostgreSQL for Optuna and an ``mlflow server`` backed by it.
 
 Every process is started in its own session and stopped by PID in ``finally`` (``ray stop``
@@ -28,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from cluster_support import (
-    BIN, REPO, RUN, descendants, env, free_port, kill_tree, listeners, pids_mentioning, ppid_map, require_executable,
-    start, tail, wait_for_port,
+    BIN, REPO, RUN, descendants, env, free_port, kill_tree, listeners, make_token, pids_mentioning, ppid_map,
+    require_executable, start, tail, wait_for_port,
 )
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -60,7 +62,7 @@ def _ray_node_cmd(ray: str, *, head: bool, gcs_port: int, resources: dict, temp_
     return cmd
 
 
-def _wait_for_nodes(address: str, n: int, timeout: float) -> list[dict]:
+def _wait_for_nodes(address: str, n: int, timeout: float, token: Path) -> list[dict]:
     code = (
         "import json, sys, time, ray\n"
         f"ray.init(address={address!r}, logging_level='ERROR')\n"
@@ -68,7 +70,8 @@ def _wait_for_nodes(address: str, n: int, timeout: float) -> list[dict]:
         f"while len([x for x in ray.nodes() if x['Alive']]) < {n} and time.time() < deadline: time.sleep(0.5)\n"
         "print(json.dumps([{'id': x['NodeID'], 'resources': x['Resources']} for x in ray.nodes() if x['Alive']]))\n"
     )
-    out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, timeout=timeout + 60, env=env())
+    out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, timeout=timeout + 60,
+                         env=env(token))
     assert out.returncode == 0, out.stderr[-3000:]
     nodes = json.loads(out.stdout.strip().splitlines()[-1])
     assert len(nodes) == n, f"{len(nodes)} Ray node(s) alive, expected {n}: {nodes}"
@@ -100,8 +103,46 @@ class _ProcessSampler(threading.Thread):
             self.stop.wait(self.period)
 
 
+def _assert_refused_without_token(address: str, tmp: Path) -> None:
+    """A client without the cluster's token: Ray refuses it (one ConnectionError, within a minute,
+    the GCS's InvalidAuthToken in its log line), and a sweep joining with ``--address`` ends with
+    one ``error:`` line before it loads anything."""
+    home = tmp / "no-token-home"
+    home.mkdir(exist_ok=True)
+    code = (f"import ray\ntry:\n    ray.init(address={address!r}, logging_level='ERROR')\nexcept ConnectionError as e:\n"
+            f"    print('refused:', e)\nelse:\n    print('joined')\n")
+    t = time.perf_counter()
+    out = subprocess.run([str(BIN / "python"), "-c", code], capture_output=True, text=True, timeout=120,
+                         env=env(HOME=str(home)))
+    assert out.stdout.strip() == f"refused: Failed to connect to Ray cluster at {address}", out.stdout + out.stderr[-3000:]
+    assert "Authentication token is missing or incorrect" in out.stderr, out.stderr[-3000:]
+    assert time.perf_counter() - t < 90
+    sweep = subprocess.run(RUN + ["--space", "digits_ablation", "--smoke", "--address", address, "--run-dir",
+                                  str(tmp / "refused-run")], cwd=tmp, capture_output=True, text=True, timeout=120,
+                           env=env(HOME=str(home)))
+    assert sweep.returncode == 2, sweep.stdout + sweep.stderr
+    lines = sweep.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --address {address}: no Ray authentication token"), lines
+    assert not (tmp / "refused-run").exists()
+
+
+def _assert_wrong_token_is_one_error_line(address: str, tmp: Path) -> None:
+    """A sweep with a token that is not the cluster's: Ray refuses it (~25 s) and the sweep ends
+    with one ``error:`` line (Ray's own log line about the refusal may precede it), no traceback."""
+    wrong = tmp / "wrong_token"
+    wrong.write_text("0" * 64)
+    wrong.chmod(0o600)
+    sweep = subprocess.run(RUN + ["--space", "digits_ablation", "--smoke", "--no-study", "--address", address,
+                                  "--run-dir", str(tmp / "wrong-token-run"), "--data-root", str(tmp / "data")],
+                           cwd=tmp, capture_output=True, text=True, timeout=300, env=env(wrong))
+    assert sweep.returncode == 2, sweep.stdout[-2000:] + sweep.stderr[-3000:]
+    errors = [line for line in sweep.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Ray refused to join the cluster" in errors[0], sweep.stderr[-3000:]
+    assert "Traceback" not in sweep.stderr, sweep.stderr[-3000:]
+
+
 def _assert_loopback_only(pids: set[int]) -> None:
-    """Every TCP listener of ``pids`` is bound to 127.0.0.1 (Ray runs without auth here)."""
+    """Every TCP listener of ``pids`` is bound to 127.0.0.1."""
     table = listeners()
     mine = [line for line in table.splitlines() if any(f"pid={p}," in line for p in pids)]
     assert mine, f"no listener found for {sorted(pids)}:\n{table}"
@@ -123,16 +164,17 @@ def test_sweep_on_two_ray_nodes(tmp_path):
     address = f"127.0.0.1:{gcs_port}"
     head = worker = None
     t0 = time.perf_counter()
+    token = make_token(tmp_path / "home")  # both nodes and the driver have it; token authentication on
     try:
         head = start(_ray_node_cmd(ray, head=True, gcs_port=gcs_port, resources={"node_head": 100}, temp_dir=temp_dir),
-                     tmp_path / "head.log", env=env(), cwd=tmp_path)
+                     tmp_path / "head.log", env=env(token), cwd=tmp_path)
         wait_for_port(gcs_port, 90, head, "ray head (GCS)", tmp_path / "head.log")
         # Ray waits a fixed 30 s for a new raylet to register; on a loaded 2-core machine that
         # times out now and then ("The current node timed out during startup"): try 3 times.
         for attempt in range(3):
             log = tmp_path / f"worker{attempt}.log"
             worker = start(_ray_node_cmd(ray, head=False, gcs_port=gcs_port, resources={"node_worker": 100},
-                                         temp_dir=temp_dir), log, env=env(), cwd=tmp_path)
+                                         temp_dir=temp_dir), log, env=env(token), cwd=tmp_path)
             deadline = time.time() + 120
             while worker.poll() is None and "Ray runtime started" not in tail(log, 100000) and time.time() < deadline:
                 time.sleep(0.5)
@@ -141,10 +183,12 @@ def test_sweep_on_two_ray_nodes(tmp_path):
             kill_tree(worker)
         else:
             raise AssertionError("the second Ray node never started: " + tail(log))
-        nodes = _wait_for_nodes(address, 2, 120)
+        nodes = _wait_for_nodes(address, 2, 120, token)
         assert {r for n in nodes for r in n["resources"]} >= {"node_head", "node_worker"}
         t_up = time.perf_counter() - t0
         _assert_loopback_only(descendants({head.pid, worker.pid}))
+        _assert_refused_without_token(address, tmp_path)
+        _assert_wrong_token_is_one_error_line(address, tmp_path)
 
         run_dir, cache_dir, storage = tmp_path / "run", tmp_path / "cache", tmp_path / "ray_results"
         sampler = _ProcessSampler({head.pid: "head", worker.pid: "worker"})
@@ -154,7 +198,7 @@ def test_sweep_on_two_ray_nodes(tmp_path):
                 RUN + ["--space", "digits_ablation", "--smoke", "--no-study", "--address", address, "--run-dir", str(run_dir),
                        "--cache-dir", str(cache_dir), "--storage-path", str(storage), "--data-root", str(tmp_path / "data")]
                 + FEW_ATTACKS,
-                cwd=tmp_path, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=env(),
+                cwd=tmp_path, capture_output=True, text=True, timeout=SWEEP_TIMEOUT, env=env(token),
             )
         finally:
             sampler.stop.set()
@@ -216,13 +260,14 @@ SetEnv HOME={tmp}/home
 """
 
 # The remote login shell (the launcher sources ~/.bashrc): this interpreter's bin first on PATH,
-# Ray on loopback without auth, `--address auto` pinned to this cluster's head (it would
+# Ray on loopback (no RAY_AUTH_MODE: the config's head_setup_commands append RAY_AUTH_MODE=token
+# here, as on a real node), `--address auto` pinned to this cluster's head (it would
 # otherwise read the machine-wide /tmp/ray/ray_current_cluster), the repository importable.
 # `ray stop` (run by `ray down`) is scoped to this cluster's processes by a shim: the real one
 # kills every Ray process on the machine.
 BASHRC = """\
 export PATH={shim}:{bin}:$PATH
-export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+export RAY_USAGE_STATS_ENABLED=0 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 export RAY_ADDRESS=127.0.0.1:{gcs_port}
 export PYTHONPATH={home}/addd-sweeps
 """
@@ -272,9 +317,14 @@ def _cluster_config(tmp: Path, ssh_port: int, key: Path, gcs_port: int) -> Path:
     # Same machine: no `pip install -e` (it would re-point this machine's install to the copy);
     # the copy is importable through PYTHONPATH in the remote ~/.bashrc instead.
     config["setup_commands"] = []
+    # The token's copy for the workers goes to this test's "shared storage", not the machine's /shared.
+    config["head_setup_commands"] = [c.replace("/shared/", f"{tmp}/shared/") for c in config["head_setup_commands"]]
+    assert any("get-auth-token --generate" in c for c in config["head_setup_commands"])
+    assert all(c.startswith("RAY_AUTH_MODE=token ray start ") for c in config["head_start_ray_commands"]
+               + config["worker_start_ray_commands"])
     ray_tmp = tmp / "ray"
     [head_start] = config["head_start_ray_commands"]
-    assert head_start.startswith("ray start --head --port=6379 "), head_start
+    assert head_start.startswith("RAY_AUTH_MODE=token ray start --head --port=6379 "), head_start
     config["head_start_ray_commands"] = [
         head_start.replace("--port=6379", f"--port={gcs_port}")
         + f" --temp-dir={ray_tmp} --num-cpus=2 --num-gpus=0 --node-ip-address=127.0.0.1 --object-store-memory=200000000"
@@ -323,6 +373,11 @@ def test_ray_up_submit_down_on_a_local_sshd():
         head = pids_mentioning(str(tmp / "ray"))
         assert head, "ray up started no Ray process"
         _assert_loopback_only(head)
+        # token authentication on: the head made its token, 0600, and the workers' copy
+        for path in (tmp / "home" / ".ray" / "auth_token", tmp / "shared" / ".ray" / "auth_token"):
+            assert path.read_text().strip() and (path.stat().st_mode & 0o777) == 0o600, path
+        assert "export RAY_AUTH_MODE=token" in (tmp / "home" / ".bashrc").read_text().splitlines()
+        _assert_refused_without_token(f"127.0.0.1:{gcs_port}", tmp)
         t = time.perf_counter()
         _launcher(["submit", "--no-config-cache", str(config), "sweeps/run.py", "--",
                    "--space", "digits_ablation", "--smoke", "--no-study", "--address", "auto",

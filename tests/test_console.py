@@ -30,6 +30,8 @@ def test_plain_console_one_line_per_trial_and_where_results_are(tmp_path):
         for attack in ("PGDu", "PGDt"):
             console.on_event("adv_set", None, {"attack": attack, "split": "val", "seconds": 0.0, "origin": "cached"})
         console.on_event("adv_set", None, {"attack": "CWu", "split": "test", "seconds": 2.5, "origin": "generated"})
+        console.on_event("adv_set", None, {"attack": "CWt", "split": "test", "seconds": 1.5, "origin": "rebuilt"})
+        console.on_event("adv_set", None, {"attack": "LSu", "split": "test", "seconds": 9.0, "origin": "waited"})
         console.on_event("mlflow", None, {"experiment_id": "7", "parent_run_id": "abc"})
         console.on_event("search", None, {"slots": 2})
         search = TrialSpec("search", "full", {"train.epochs": 3})
@@ -51,6 +53,9 @@ def test_plain_console_one_line_per_trial_and_where_results_are(tmp_path):
     assert "\x1b[" not in text and "\r" not in text
     assert any("adversarial sets val   2 from the cache: PGDu PGDt" in line for line in lines)
     assert any("adversarial set CWu      test  generated in 2.5s" in line for line in lines)
+    assert any("adversarial set CWt      test  rebuilt in 1.5s (its cache entry was damaged" in line for line in lines)
+    assert any("adversarial set LSu      test  loaded after waiting 9.0s for another sweep that built it" in line
+               for line in lines)
     assert any("full: search trial 1/2 stopped early at epoch 1/3, objective 0.2500" in line for line in lines)
     assert any("full: search trial 2/2 done, objective 0.5000 | best 0.5000" in line for line in lines)
     assert any("no_dp: search trial 1/2 failed: loss is NaN" in line for line in lines)

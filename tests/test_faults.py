@@ -347,3 +347,166 @@ def test_tracker_finds_a_child_by_trial_key_and_answers_none_while_offline(tmp_p
     tracker.client = type("Down", (), {"__getattr__": lambda self, name: (_ for _ in ()).throw(ConnectionError("down"))})()
     assert tracker.find_child(parent, "study:full-seed0") is None and not tracker.online  # no exception: offline now
     assert not (tmp_path / _mlflow.JOURNAL_FILE).exists()  # a lookup has nothing to replay
+
+
+# ----------------------------------------------------------------------------- Ctrl-C and a disk that fills (slow)
+def _figures(summary: dict) -> dict:
+    """What a finished sweep reports, by name (not value: TPE and ASHA depend on timing): each
+    variant's finite test and adaptive figures, its seeds, its searched and failed trials."""
+    import math
+
+    return {variant: {"test": sorted(k for k, v in entry["test"].items() if math.isfinite(v["mean"])),
+                      "adaptive": sorted(k for k, v in entry["adaptive"].items() if math.isfinite(v["mean"])),
+                      "seeds": [s["seed"] for s in entry["seeds"] if s["error"] is None],
+                      "trials": entry["search"]["trials"], "failed": entry["search"]["failed"],
+                      "best": entry["search"]["best_val_objective"] is not None}
+            for variant, entry in summary["variants"].items()}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir) -> dict:
+    """The figures of the smoke sweep these tests interrupt, run to its end without a fault."""
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    out = subprocess.run(_smoke(run_dir, cache_dir), cwd=run_dir.parent, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    figures = _figures(json.loads((run_dir / "summary.json").read_text()))
+    assert all(v["failed"] == 0 and v["best"] and v["test"] and v["adaptive"] for v in figures.values()), figures
+    return figures
+
+
+def _start(args: list[str], cwd: Path, name: str) -> tuple[subprocess.Popen, Path, Path]:
+    """A sweep in its own process group (as a terminal runs it), its stdout and stderr in files."""
+    out, err = cwd / f"{name}.out", cwd / f"{name}.err"
+    proc = subprocess.Popen(args, cwd=cwd, stdout=open(out, "w"), stderr=open(err, "w"), start_new_session=True)
+    return proc, out, err
+
+
+def _wait_for_training(proc: subprocess.Popen, run_dir: Path, err: Path, after: float = 0.0) -> None:
+    deadline = time.time() + 600
+    while not any(e["event"] == "epoch" and e["time"] > after for e in _events(run_dir)):
+        assert proc.poll() is None and time.time() < deadline, err.read_text()[-3000:]
+        time.sleep(0.1)
+
+
+def _ctrl_c(proc: subprocess.Popen, times: int = 1) -> float:
+    """SIGINT to the sweep's process group, as Ctrl-C in its terminal sends it; the time of the last."""
+    for i in range(times):
+        if i:
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+    return time.time()
+
+
+def _resume_line(err: Path, args: list[str]) -> str:
+    import shlex
+
+    expected = "interrupted: resume with python " + shlex.join([args[1], *[a for a in args[2:] if a != "--resume"], "--resume"])
+    lines = err.read_text().splitlines()
+    assert lines and lines[-1] == expected, err.read_text()[-3000:]
+    return expected
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_search_says_how_to_resume_and_resume_finishes_it(tmp_path, cache_dir, uninterrupted):
+    run_dir = tmp_path / "run"
+    args = _smoke(run_dir, cache_dir)
+    first, out, err = _start(args, tmp_path, "first")
+    try:
+        _wait_for_training(first, run_dir, err)
+        _ctrl_c(first)
+        assert first.wait(timeout=300) == 130, err.read_text()[-3000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    _resume_line(err, args)
+    said = out.read_text() + err.read_text()
+    assert "Traceback" not in said and "all trials finished" not in said and "sweep done" not in said, said[-3000:]
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "report").exists()
+    assert (run_dir / "ray" / "sweep").is_dir() and list((run_dir / "ray" / "sweep").glob("experiment_state-*.json"))
+
+    # resumed, then Ctrl-C twice: the second stops it at once (no last snapshot waited for)
+    again, out, err = _start(args + ["--resume"], tmp_path, "second")
+    try:
+        _wait_for_training(again, run_dir, err, after=time.time())
+        last = _ctrl_c(again, times=2)
+        assert again.wait(timeout=300) == 130, err.read_text()[-3000:]
+        assert time.time() - last < 30
+    finally:
+        if again.poll() is None:
+            os.killpg(again.pid, signal.SIGKILL)
+    _resume_line(err, args + ["--resume"])
+    assert not (run_dir / "summary.json").exists()
+
+    done = subprocess.run(args + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _figures(json.loads((run_dir / "summary.json").read_text())) == uninterrupted
+
+
+@pytest.fixture
+def twelve_mib_run_folder(tmp_path):
+    """A 12 MiB tmpfs for the run folder (root only; skipped elsewhere): the smoke sweep writes ~19 MiB."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_filling_mid_sweep_gives_one_line_and_resume_loses_no_finished_trial(tmp_path, cache_dir, uninterrupted,
+                                                                                    twelve_mib_run_folder):
+    run_dir = twelve_mib_run_folder / "run"
+    args = _smoke(run_dir, cache_dir)
+    out = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    said = out.stdout + out.stderr
+    assert out.returncode == 2, said[-3000:]
+    assert "has " in said and "MiB free, less than the" in said  # warned before it started
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"--run-dir {run_dir}" in errors[0] and errors[0].endswith("--resume"), said[-3000:]
+    assert "Traceback" not in said and "Logging error" not in said and len(out.stderr.splitlines()) <= 4, said[-3000:]
+    assert "sweep done" not in said and not (run_dir / "summary.json").exists()
+    assert not list(run_dir.rglob("*.tmp"))
+    full_at = time.time()
+    ended = {e["trial_id"]: e["epoch"] for e in _events(run_dir) if e["event"] == "end"}
+
+    subprocess.run(["mount", "-o", "remount,size=200m", str(twelve_mib_run_folder)], check=True)
+    done = subprocess.run(args + ["--resume"], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = [e for e in _events(run_dir) if e["time"] > full_at]
+    assert not [e for e in after if e["trial_id"] in ended and e["event"] == "epoch"], "finished trials trained again"
+    assert _figures(json.loads((run_dir / "summary.json").read_text())) == uninterrupted
+
+
+def test_address_without_a_ray_token_is_one_line_before_anything_runs(tmp_path):
+    """The project's clusters refuse a client without their token (Ray: ~25 s, then a traceback):
+    the sweep says so at once, before loading data or starting Ray. A socket stands in for the head."""
+    home = tmp_path / "home"
+    home.mkdir()
+    environment = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
+    with socket.socket() as head:
+        head.bind(("127.0.0.1", 0))
+        head.listen()
+        address = f"127.0.0.1:{head.getsockname()[1]}"
+        run_dir = tmp_path / "run"
+        args = RUN + ["--space", "digits_ablation", "--smoke", "--address", address, "--run-dir", str(run_dir)]
+        out = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**environment, "HOME": str(home)})
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert out.stderr.strip().splitlines() == [
+            f"error: --address {address}: no Ray authentication token here (no RAY_AUTH_TOKEN, no {home}/.ray/auth_token); "
+            "the project's clusters refuse a client without the cluster's token: copy the head's ~/.ray/auth_token here "
+            "(mode 0600) or set RAY_AUTH_TOKEN (RAY_AUTH_MODE=disabled joins a cluster started without authentication)"]
+        assert not run_dir.exists()
+
+
+def test_dry_run_estimates_what_the_run_folder_will_hold(tmp_path):
+    """--dry-run's disk_estimate, the base of the warning before a run: a digits smoke trial's
+    checkpoint measured 1.91 MB (defense 0.49, optimiser 1.00, restored images 0.41), 6 trials."""
+    out = subprocess.run(RUN + ["--space", "digits_ablation", "--smoke", "--dry-run"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    estimate = json.loads(out.stdout)["disk_estimate"]
+    assert estimate["trials"] == 6 and 1.7e6 < estimate["checkpoint_bytes"] < 2.1e6, estimate
+    assert estimate["run_folder_bytes"] > 12 << 20  # more than the 12 MiB run folder of the disk-full test

@@ -19,22 +19,40 @@ REPO = Path(__file__).resolve().parent.parent.parent
 RUN = [sys.executable, str(REPO / "sweeps" / "run.py")]
 BIN = Path(sys.executable).parent  # the venv / interpreter prefix whose ray, mlflow we use
 
-# Ray without token auth, bound to loopback (without the last one Ray swaps 127.0.0.1 for the
-# machine's routable address and its GCS/raylet listen on every interface).
+# Ray bound to loopback (without the first one Ray swaps 127.0.0.1 for the machine's routable
+# address and its GCS/raylet listen on every interface).
 RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+# Where Ray looks for its authentication token / its mode (ray._private.authentication, ray.exceptions).
+RAY_AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
 
 
-def env(**extra: str) -> dict[str, str]:
-    """The test's environment for children: Ray on loopback, the repository under test importable."""
-    e = dict(os.environ)
+def env(token: Path | None = None, **extra: str) -> dict[str, str]:
+    """The test's environment for children: Ray on loopback, the repository under test importable.
+    With ``token`` (a file): Ray's token authentication on with that token, as on the project's
+    clusters. Without: no Ray authentication setting at all (whatever CI exports is dropped), so a
+    ``ray.init`` of a cluster is a client without the token; a local sweep picks its own."""
+    e = {k: v for k, v in os.environ.items() if k not in RAY_AUTH}
     e.update(RAY_ENV)
+    if token is not None:
+        e.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     e["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([e["PYTHONPATH"]] if e.get("PYTHONPATH") else []))
     e.update(extra)
     return e
+
+
+def make_token(folder: Path) -> Path:
+    """A new Ray token made as the cluster configs make it (``ray get-auth-token --generate`` with
+    HOME=folder), mode 0600: ``folder/.ray/auth_token``."""
+    out = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], capture_output=True, text=True, timeout=120,
+                         env=env(HOME=str(folder)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    path = folder / ".ray" / "auth_token"
+    path.chmod(0o600)
+    assert path.read_text().strip() == out.stdout.strip()
+    return path
 
 
 def require_executable(path_or_name: str, install: str) -> str:
