@@ -33,6 +33,7 @@ from sweeps.trialspec import EPOCH, FAILURE, FINAL, OBJECTIVE, SEARCH, TrialSpec
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trial_state.json"
+SECONDS_PREFIX = "seconds/"  # a final's seconds per adaptive attack and for its curve (not figures)
 OPTIMIZER_FILE = "optimizer.safetensors"  # Adam moments and RNG streams: a restored trial continues exactly
 
 
@@ -192,10 +193,15 @@ def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curv
     for row in suite.rows:
         if row.correct is not None:
             per_example[f"{row.metric}.correct"] = row.correct.contiguous()
+        # seconds per attack (the three PGD rows are one attack): timings.json's breakdown
+        attack = "adaptive.pgd" if row.metric.startswith("adaptive.pgd_") else row.metric
+        metrics[f"{SECONDS_PREFIX}{attack}"] = row.params["seconds"]
     if curve:
+        curve_start = time.perf_counter()
         frame = robustness_curve(ctx.target_model, defense, x, y, eps_max=eps, num=f.curve_points, steps=f.curve_steps or f.steps,
                                  seed=f.seed, undefended_model=ctx.undefended_model, whitebox=ctx.whitebox_curve)
         frame.to_csv(out_dir / CURVE_FILE, index=False)
+        metrics[f"{SECONDS_PREFIX}curve"] = time.perf_counter() - curve_start
     return metrics
 
 
