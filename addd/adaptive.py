@@ -15,7 +15,9 @@ PGD gives 0.000 at eps 0.15. Every oblivious figure should have an adaptive one 
 - :func:`evaluate_adaptive_suite`: adaptive PGD (CE + margin), AutoAttack L∞ and L2 through the
   pipeline, and BPDA, as rows named with their threat model.
 - :func:`robustness_curve`: L∞ accuracy against eps for the undefended model (white-box), the
-  defended pipeline under oblivious PGD and under adaptive PGD.
+  defended pipeline under oblivious PGD and under adaptive PGD. Its undefended column and the
+  images it feeds the oblivious column depend on the model alone: :func:`whitebox_curve` computes
+  them once for every defense's curve (a sweep does so for all its finals).
 
 - :func:`pgd_linf`: the library's one L∞ PGD (one loss, untargeted or targeted, seeded), which
   the two above and adversarial training's online examples (addd.baselines) run.
@@ -366,6 +368,48 @@ def _row(metric, norm, eps, accuracy, n, seed, params, correct=None) -> Adaptive
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class WhiteboxCurve:
+    """White-box PGD on the undefended model alone at each eps of a curve (:func:`whitebox_curve`):
+    the curve's undefended column and the adversarial images of its oblivious column, the same for
+    every defense, so computed once and handed to each :func:`robustness_curve`."""
+
+    model: nn.Module  # the reference model attacked; robustness_curve accepts it for this very object only
+    x: torch.Tensor = field(repr=False)
+    y: torch.Tensor = field(repr=False)
+    eps: tuple[float, ...]
+    steps: int
+    seed: int
+    points: tuple[PGDResult, ...] = field(repr=False)  # one per eps
+
+    def matches(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: tuple[float, ...], steps: int,
+                seed: int) -> bool:
+        return (self.model is model and self.eps == eps and self.steps == steps and self.seed == seed
+                and self.x.shape == x.shape and torch.equal(self.x, x) and torch.equal(self.y, y))
+
+
+def _curve_eps(eps_max: float, num: int) -> tuple[float, ...]:
+    return tuple(float(eps) for eps in np.linspace(0.0, float(eps_max), num))
+
+
+def whitebox_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps_max: float, num: int = 6,
+                   steps: int = DEFAULT_STEPS, seed: int = 0) -> WhiteboxCurve:
+    """:func:`adaptive_pgd` on ``model`` alone (no defense) at each eps of ``robustness_curve(...,
+    eps_max=eps_max, num=num, steps=steps, seed=seed)``: exactly the attacks that curve would run
+    for its undefended column, to pass to it (and to every other defense's curve) as ``whitebox``."""
+    _check_curve_args(num, eps_max)
+    eps_grid = _curve_eps(eps_max, num)
+    points = tuple(adaptive_pgd(model, None, x, y, eps=eps, steps=steps, seed=seed) for eps in eps_grid)
+    return WhiteboxCurve(model=model, x=x, y=y, eps=eps_grid, steps=steps, seed=seed, points=points)
+
+
+def _check_curve_args(num: Any, eps_max: Any) -> None:
+    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
+        raise AdaptiveError(f"num must be a positive int, got {num!r}")
+    if not _is_number(eps_max) or eps_max < 0:
+        raise AdaptiveError(f"eps_max must be a number >= 0, got {eps_max!r}")
+
+
 def robustness_curve(
     model: nn.Module,
     defense: Any,
@@ -377,13 +421,16 @@ def robustness_curve(
     steps: int = DEFAULT_STEPS,
     seed: int = 0,
     undefended_model: nn.Module | None = None,
+    whitebox: WhiteboxCurve | None = None,
 ) -> "pd.DataFrame":
     """L∞ accuracy against eps for eps in linspace(0, eps_max, num); eps = 0 is clean accuracy.
 
     ``undefended_model``: the target model M_t when ``model`` is a defense's own classifier
     (adversarial training): the undefended column is then M_t under white-box PGD, the oblivious
     column M_t's adversarial images fed to the defense (a transfer attack), the adaptive column
-    the white-box attack on the defense. Default: ``model``.
+    the white-box attack on the defense. Default: ``model``. ``whitebox``: the undefended column's
+    attacks already run (:func:`whitebox_curve` with the same model, x, y, eps grid, steps and
+    seed), so they are not run again; None: run here.
 
     Columns (CURVE_COLUMNS): ``undefended_whitebox``: PGD on ``model`` alone, worst of CE/margin,
     accuracy of ``model``; ``defended_oblivious``: the same adversarial images (computed on
@@ -402,17 +449,17 @@ def robustness_curve(
     restore_fn, modules = _resolve(model, defense)
     if restore_fn is None:
         raise AdaptiveError("robustness_curve needs a defense (an object with restore, or a callable)")
-    if isinstance(num, bool) or not isinstance(num, int) or num < 1:
-        raise AdaptiveError(f"num must be a positive int, got {num!r}")
-    if not _is_number(eps_max) or eps_max < 0:
-        raise AdaptiveError(f"eps_max must be a number >= 0, got {eps_max!r}")
+    _check_curve_args(num, eps_max)
     reference = model if undefended_model is None else undefended_model
+    if whitebox is None:
+        whitebox = whitebox_curve(reference, x, y, eps_max=eps_max, num=num, steps=steps, seed=seed)
+    elif not whitebox.matches(reference, x, y, _curve_eps(eps_max, num), steps, seed):
+        raise AdaptiveError("whitebox was computed for another model, examples, eps grid, steps or seed than this "
+                            "curve; pass whitebox_curve(...) of the same arguments, or None")
     identity = bool(getattr(defense, "is_identity", False)) and reference is model
     device = _device(model)
     rows = []
-    for eps in np.linspace(0.0, float(eps_max), num):
-        eps = float(eps)
-        undefended = adaptive_pgd(reference, None, x, y, eps=eps, steps=steps, seed=seed)
+    for eps, undefended in zip(whitebox.eps, whitebox.points):
         if identity:
             oblivious = adaptive = undefended.worst
         else:

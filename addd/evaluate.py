@@ -12,6 +12,10 @@ and reconstruction accuracy, and the worst cases a sweep optimises and compares:
   Acc_u (Acc_t) for one untargeted (targeted) attack and is never above ``worst.unknown``.
 - ``worst.holdout``: min over a fixed holdout set of attacks that no trial may train on.
 
+The clean and undefended figures are M_t's alone and do not depend on the defense: a caller that
+evaluates many defenses on the same sets computes them once (:func:`reference_predictions`) and
+passes them as ``reference`` (a sweep's trials do, at every validation epoch).
+
 Adaptive figures (attacks on the whole pipeline M_t ∘ G ∘ E) are not computed here: see
 addd.adaptive (adaptive PGD, AutoAttack and BPDA through the defense) and
 ``addd.attacks.run_adaptive_attack``.
@@ -101,6 +105,26 @@ class RobustnessReport:
         return pd.DataFrame([{c: getattr(row, c) for c in columns} for row in self.attacks], columns=columns)
 
 
+@dataclass(frozen=True)
+class ReferencePredictions:
+    """Predictions of the undefended model M_t on one split's clean examples and on each of its
+    adversarial sets: the inputs of :func:`evaluate`'s ``clean`` and ``undefended`` figures, which
+    no defense changes. Made by :func:`reference_predictions`."""
+
+    model: nn.Module  # the model they are predictions of; evaluate accepts them for this very object only
+    clean: torch.Tensor  # (N,) int64 on CPU: model(x)
+    adv: Mapping[str, torch.Tensor]  # attack -> (N,) int64 on CPU: model(x_adv)
+
+
+def reference_predictions(model: nn.Module, x: torch.Tensor, adv_sets: Mapping[str, "AdvSet"], *,
+                          batch_size: int = 256) -> ReferencePredictions:
+    """M_t's predictions on ``x`` and on every set of ``adv_sets``, exactly as :func:`evaluate`
+    computes them (same batches), to hand to every later ``evaluate(..., reference=...)``."""
+    return ReferencePredictions(model=model, clean=predict(model, x, batch_size=batch_size),
+                                adv={name: predict(model, adv.x_adv, batch_size=batch_size)
+                                     for name, adv in adv_sets.items()})
+
+
 def evaluate(
     defense: Defense,
     model: nn.Module,
@@ -112,6 +136,7 @@ def evaluate(
     holdout: Sequence[str] = (),
     batch_size: int = 256,
     undefended_model: nn.Module | None = None,
+    reference: ReferencePredictions | None = None,
 ) -> RobustnessReport:
     """Oblivious robustness of ``defense`` in front of ``model`` (see the module docstring).
 
@@ -119,19 +144,21 @@ def evaluate(
     from. ``holdout`` attacks must all be in ``adv_sets`` and none may be a known attack.
     ``undefended_model``: the target model M_t the sets were computed on, for the ``clean`` and
     ``undefended`` figures, when ``model`` is not M_t (a defense with its own classifier, e.g.
-    adversarial training); default ``model``.
+    adversarial training); default ``model``. ``reference``: that model's predictions on ``x`` and
+    on these sets (:func:`reference_predictions`), so they are not recomputed; None: computed here.
     """
     known, holdout = tuple(known_attacks), tuple(holdout)
     _check_sets(x, y, adv_sets)
     _check_holdout(known, holdout, adv_sets)
     y = y.cpu()
-    reference = model if undefended_model is None else undefended_model
+    undefended_model = model if undefended_model is None else undefended_model
+    reference = _checked_reference(reference, undefended_model, x, adv_sets, batch_size)
     with eval_mode(defense):
-        clean = accuracy_untargeted(predict(reference, x, batch_size=batch_size), y)
+        clean = accuracy_untargeted(reference.clean, y)
         reconstruction = accuracy_untargeted(predict(model, x, transform=defense.restore, batch_size=batch_size), y)
         rows, masks = [], {}
         for name, adv in adv_sets.items():
-            row, masks[name] = _attack_accuracy(name, adv, defense, model, reference, y, batch_size,
+            row, masks[name] = _attack_accuracy(name, adv, defense, model, reference.adv[name], y, batch_size,
                                                 known=name in known, holdout=name in holdout)
             rows.append(row)
     unknown = [r.defended for r in rows if not r.known]
@@ -150,14 +177,29 @@ def evaluate(
     )
 
 
+def _checked_reference(reference: ReferencePredictions | None, model: nn.Module, x: torch.Tensor,
+                       adv_sets: Mapping[str, "AdvSet"], batch_size: int) -> ReferencePredictions:
+    """``reference`` if it holds ``model``'s predictions for ``x`` and every set; computed if None."""
+    if reference is None:
+        return reference_predictions(model, x, adv_sets, batch_size=batch_size)
+    if reference.model is not model:
+        raise EvaluationError("the reference predictions were made with another model than this evaluation's "
+                              "undefended model; pass the ones made with it (reference_predictions) or none")
+    missing = sorted(set(adv_sets) - set(reference.adv))
+    if missing or len(reference.clean) != len(x) or any(len(reference.adv[a]) != len(x) for a in adv_sets):
+        raise EvaluationError(f"the reference predictions do not cover these {len(x)} examples and sets "
+                              f"(missing: {missing or 'none'}); make them from the same x and adv_sets")
+    return reference
+
+
 def _attack_accuracy(
-    name: str, adv: "AdvSet", defense: Defense, model: nn.Module, reference: nn.Module, y: torch.Tensor,
+    name: str, adv: "AdvSet", defense: Defense, model: nn.Module, undefended_pred: torch.Tensor, y: torch.Tensor,
     batch_size: int, *, known: bool, holdout: bool,
 ) -> tuple[AttackAccuracy, tuple[torch.Tensor, torch.Tensor]]:
-    """One attack's row and the defended pipeline's per-example (correct, excluded) masks."""
+    """One attack's row and the defended pipeline's per-example (correct, excluded) masks;
+    ``undefended_pred``: M_t's predictions on this set."""
     target = None if adv.target is None else adv.target.cpu()
     defended_pred = predict(model, adv.x_adv, transform=defense.restore, batch_size=batch_size)
-    undefended_pred = predict(reference, adv.x_adv, batch_size=batch_size)
     row = AttackAccuracy(
         attack=name,
         defended=_accuracy(defended_pred, y, target),

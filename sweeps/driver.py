@@ -83,7 +83,8 @@ class Prepared:
     tracker: Any  # sweeps._mlflow.Tracker
     slots: int
     code_version: str
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase (timings.json)
+    breakdown: dict[str, Any] = field(default_factory=dict)  # timings.json's per-part and per-attack seconds
 
     @property
     def parent(self) -> str:
@@ -125,9 +126,11 @@ def _check_shared_storage(plan: Plan) -> None:
                              + (" or use an s3:// URI" if flag == "--storage-path" else ""))
 
 
-def build_sets(plan: Plan, dataset, task_gpus: float, on_event=None):
+def build_sets(plan: Plan, dataset, task_gpus: float, on_event=None, timings: dict | None = None):
     """The target model and every adversarial set of the plan, through the shared cache (parallel
-    Ray tasks; an ``adv_set`` event as each one is ready). Returns (target model entry, {split: SplitSets})."""
+    Ray tasks; an ``adv_set`` event as each one is ready). Returns (target model entry, {split: SplitSets}).
+    ``timings`` (if given) receives ``target_model`` seconds, ``sets`` (split -> wall seconds) and
+    ``adv_sets`` (split -> attack -> {seconds in its task, origin})."""
     import torch
 
     from ablations.console import adv_set_origin
@@ -137,17 +140,23 @@ def build_sets(plan: Plan, dataset, task_gpus: float, on_event=None):
     from sweeps.trial import cached_sets, sweep_requests
 
     s = plan.space
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
     # the plan's device: CPU and GPU training give different weights, hence different cache keys
     target = get_target_model(dataset, arch=s.target_arch, cache_dir=plan.cache_dir,
                               device="cuda" if plan.device == "cuda" and torch.cuda.is_available() else "cpu")
     target.model.cpu()  # trials and attack tasks move it to their own device
+    timings["target_model"] = time.perf_counter() - start
+    split_seconds, per_attack = timings.setdefault("sets", {}), timings.setdefault("adv_sets", {})
 
     def map_for(split: str):  # called as each split starts: sets written after `since` were generated
-        since = time.time()
+        since, split_start = time.time(), time.perf_counter()
 
         def on_done(request, adv_set, seconds):
-            _emit(on_event, "adv_set", {"attack": request.attack, "split": split, "seconds": seconds,
-                                        "origin": adv_set_origin(adv_set, since)})
+            origin = adv_set_origin(adv_set, since)
+            per_attack.setdefault(split, {})[request.attack] = {"seconds": round(seconds, 3), "origin": origin}
+            split_seconds[split] = time.perf_counter() - split_start
+            _emit(on_event, "adv_set", {"attack": request.attack, "split": split, "seconds": seconds, "origin": origin})
 
         return lambda fn, items: _ray.parallel_map(fn, items, label=f"adversarial sets ({split})", num_gpus=task_gpus,
                                                    on_done=on_done)
@@ -180,10 +189,13 @@ def prepare(plan: Plan, on_event=None) -> Prepared:
     if plan.address is not None:
         _check_shared_storage(plan)
     # attack tasks pack onto the GPUs like trials (a whole GPU each would build the sets one by one)
-    target, splits = build_sets(plan, dataset, task_gpus=plan.gpus_per_trial, on_event=on_event)
+    parts: dict[str, Any] = {}
+    target, splits = build_sets(plan, dataset, task_gpus=plan.gpus_per_trial, on_event=on_event, timings=parts)
     s = plan.space
+    context_start = time.perf_counter()
     ctx = build_context(s, splits, target.model, threads=plan.cpus_per_trial,
                         events_path=str(plan.folder.events) if plan.address is None else None)
+    parts["context"] = time.perf_counter() - context_start  # M_t's defense-independent figures, once
     if state.parent_run_id is None:
         tags = {"space": s.name, "smoke": str(plan.smoke), "code_version": code_version,
                 "data_fingerprint": dataset.fingerprint(), "target_model_sha256": target.weights_sha256,
@@ -196,6 +208,7 @@ def prepare(plan: Plan, on_event=None) -> Prepared:
     _emit(on_event, "mlflow", {"experiment_id": tracker.experiment_id, "parent_run_id": state.parent_run_id})
     prepared = Prepared(state, dataset, target, ctx, tracker, _slots(plan, resources), code_version)
     prepared.timings["prepare"] = time.perf_counter() - t0
+    prepared.breakdown["prepare"] = parts
     return prepared
 
 
@@ -288,7 +301,10 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     _study_or_report(plan, prepared, summary)
     prepared.timings["study"] = time.perf_counter() - start
     prepared.timings["total"] = sum(prepared.timings.values())
-    folder.timings.write_text(json.dumps({**prepared.timings, "slots": prepared.slots}, indent=1))
+    from sweeps.timings import trial_breakdown
+
+    breakdown = {**prepared.breakdown, **trial_breakdown(folder, finals)}
+    folder.timings.write_text(json.dumps({**prepared.timings, "slots": prepared.slots, "breakdown": breakdown}, indent=1))
     tracker.finish(parent, ok=True)
     return folder.summary
 

@@ -12,6 +12,7 @@ the adaptive attacks on the whole pipeline, and the robustness curve (saved with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -26,13 +27,14 @@ from torch import nn
 
 from addd import figures
 from addd.advcache import AdvSet
-from addd.evaluate import evaluate
+from addd.evaluate import ReferencePredictions, evaluate, reference_predictions
 from addd.runfolder import CURVE_FILE, DEFENSE_FILE, IMAGES_FILE, PER_EXAMPLE_FILE
 from sweeps.trialspec import EPOCH, FAILURE, FINAL, OBJECTIVE, SEARCH, TrialSpec
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trial_state.json"
+SECONDS_PREFIX = "seconds/"  # a final's seconds per adaptive attack and for its curve (not figures)
 OPTIMIZER_FILE = "optimizer.safetensors"  # Adam moments and RNG streams: a restored trial continues exactly
 
 
@@ -43,6 +45,9 @@ class SplitSets:
     x: torch.Tensor  # (N, C, 32, 32) in [0, 1]
     y: torch.Tensor  # (N,)
     adv: Mapping[str, AdvSet]  # attack -> set paired with x
+    # M_t's predictions on x and on each set (addd.evaluate.reference_predictions), made once by
+    # build_context: every evaluation's clean and undefended figures. None: computed per evaluation.
+    reference: ReferencePredictions | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,9 @@ class TrialContext:
     # M_t when ``target_model`` is a defense's own classifier (adversarial training): the clean,
     # undefended and curve-reference figures stay M_t's. None: target_model is M_t.
     undefended_model: nn.Module | None = None
+    # the robustness curve's white-box column on M_t (addd.adaptive.whitebox_curve), the same for
+    # every final: made once by build_context. None: each curve runs it.
+    whitebox_curve: Any = None
 
 
 def sweep_dataset(space: Any, data_root: Path, *, download: bool = False):
@@ -115,15 +123,45 @@ def cached_sets(dataset: Any, cache: Any, requests: Mapping[str, list], map_for=
 def build_context(space: Any, splits: Mapping[str, SplitSets], target_model: nn.Module, *, threads: int,
                   events_path: str | None = None) -> TrialContext:
     """The context every trial of a sweep of ``space`` (a ``sweeps.spaces.Space``) shares: the
-    driver's and the standalone study's one builder. ``splits``: train, val and test sets."""
+    driver's and the standalone study's one builder. ``splits``: train, val and test sets.
+    What no defense changes is computed here once, with the trials' torch threads (the same
+    numbers as in a trial): M_t's predictions on the val and test sets and the curve's white-box column."""
+    finalists = Finalists(dataset=space.dataset, n=space.adaptive_n, steps=space.adaptive_steps,
+                          autoattack=space.adaptive_autoattack, curve_points=space.curve_points,
+                          budget=space.attack_budget, curve_steps=space.curve_steps)
+    threads, previous = max(1, int(threads)), torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        val, test = (dataclasses.replace(splits[s], reference=reference_predictions(target_model, splits[s].x, splits[s].adv))
+                     for s in ("val", "test"))
+        whitebox = _whitebox_curve(target_model, test, finalists)
+    finally:
+        torch.set_num_threads(previous)
     return TrialContext(
-        train=splits["train"], val=splits["val"], test=splits["test"], target_model=target_model,
-        holdout_attacks=tuple(space.holdout_attacks), threads=max(1, int(threads)), events_path=events_path,
-        finalists=Finalists(dataset=space.dataset, n=space.adaptive_n, steps=space.adaptive_steps,
-                            autoattack=space.adaptive_autoattack, curve_points=space.curve_points,
-                            budget=space.attack_budget, curve_steps=space.curve_steps),
-        grid_examples=space.grid_examples,
+        train=splits["train"], val=val, test=test, target_model=target_model,
+        holdout_attacks=tuple(space.holdout_attacks), threads=threads, events_path=events_path,
+        finalists=finalists, grid_examples=space.grid_examples, whitebox_curve=whitebox,
     )
+
+
+def _finalist_examples(test: SplitSets, f: Finalists) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test examples the finals attack adaptively: the first ``f.n`` (all if None)."""
+    return (test.x, test.y) if f.n is None else (test.x[: f.n], test.y[: f.n])
+
+
+def _curve_eps(f: Finalists) -> float:
+    from addd.attacks import attack_params
+
+    return float(attack_params("PGDu", f.dataset)["eps"])  # the oblivious PGD's eps: figures side by side
+
+
+def _whitebox_curve(target_model: nn.Module, test: SplitSets, f: Finalists):
+    """The finals' curve column of white-box PGD on M_t alone (addd.adaptive.whitebox_curve)."""
+    from addd.adaptive import whitebox_curve
+
+    x, y = _finalist_examples(test, f)
+    return whitebox_curve(target_model, x, y, eps_max=_curve_eps(f), num=f.curve_points, steps=f.curve_steps or f.steps,
+                          seed=f.seed)
 
 
 def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tuple[str, ...],
@@ -132,7 +170,7 @@ def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tup
     ``per_example`` (if given) receives ``oblivious.<attack>.correct`` / ``.excluded`` masks."""
     data: SplitSets = getattr(ctx, split)
     report = evaluate(defense, ctx.target_model, data.x, data.y, data.adv, known_attacks=known, holdout=ctx.holdout_attacks,
-                      undefended_model=ctx.undefended_model)
+                      undefended_model=ctx.undefended_model, reference=data.reference)
     if per_example is not None:
         for attack, (correct, excluded) in report.masks.items():
             fig = figures.defended(attack)
@@ -147,23 +185,25 @@ def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curv
     (or its first ``n`` examples); the curve is written to ``out_dir`` as CSV. Metrics named by
     ``addd.figures`` (``adaptive/<name>``)."""
     from addd.adaptive import evaluate_adaptive_suite, robustness_curve
-    from addd.attacks import attack_params
 
     f = ctx.finalists
-    x, y = ctx.test.x, ctx.test.y
-    if f.n is not None:
-        x, y = x[: f.n], y[: f.n]
-    eps = float(attack_params("PGDu", f.dataset)["eps"])  # the oblivious PGD's eps: figures side by side
+    x, y = _finalist_examples(ctx.test, f)
+    eps = _curve_eps(f)
     suite = evaluate_adaptive_suite(ctx.target_model, defense, x, y, dataset=f.dataset, eps=eps, steps=f.steps,
                                     seed=f.seed, budget=f.budget, autoattack=f.autoattack)
     metrics = figures.trial_metrics(suite.to_metrics())
     for row in suite.rows:
         if row.correct is not None:
             per_example[figures.figure(row.metric).per_example_key] = row.correct.contiguous()
+        # seconds per attack (the three PGD rows are one attack): timings.json's breakdown
+        attack = "adaptive.pgd" if row.metric.startswith("adaptive.pgd_") else row.metric
+        metrics[f"{SECONDS_PREFIX}{attack}"] = row.params["seconds"]
     if curve:
+        curve_start = time.perf_counter()
         frame = robustness_curve(ctx.target_model, defense, x, y, eps_max=eps, num=f.curve_points, steps=f.curve_steps or f.steps,
-                                 seed=f.seed, undefended_model=ctx.undefended_model)
+                                 seed=f.seed, undefended_model=ctx.undefended_model, whitebox=ctx.whitebox_curve)
         frame.to_csv(out_dir / CURVE_FILE, index=False)
+        metrics[f"{SECONDS_PREFIX}curve"] = time.perf_counter() - curve_start
     return metrics
 
 

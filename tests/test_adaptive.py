@@ -14,6 +14,7 @@ from torch import nn
 
 from addd.adaptive import (
     CURVE_COLUMNS, METRICS, AdaptiveError, adaptive_pgd, adaptive_worst, evaluate_adaptive_suite, robustness_curve,
+    whitebox_curve,
 )
 from addd.attacks import run_attack
 from addd.data import load_dataset
@@ -193,6 +194,28 @@ def test_robustness_curve(model, examples):
     assert curve["undefended_whitebox"].iloc[-1] < clean - 0.3
     assert curve["defended_adaptive"].iloc[-1] < reconstruction - 0.3
     assert curve[list(CURVE_COLUMNS[1:4])].apply(lambda c: c.between(0, 1)).all().all()
+
+
+def test_curve_with_a_precomputed_whitebox_column_is_the_same_curve(model, examples, monkeypatch):
+    """whitebox_curve once, handed to robustness_curve: the same frame, and no white-box attack run again."""
+    from addd import adaptive
+
+    x, y = examples
+    whitebox = whitebox_curve(model, x, y, eps_max=0.2, num=3, steps=STEPS, seed=0)
+    assert whitebox.eps == pytest.approx((0.0, 0.1, 0.2))
+    plain = robustness_curve(model, SmoothDefense(), x, y, eps_max=0.2, num=3, steps=STEPS, seed=0)
+
+    def no_whitebox_attack(*args, **kwargs):
+        raise AssertionError("robustness_curve re-ran the white-box attacks it was handed")
+
+    monkeypatch.setattr(adaptive, "adaptive_pgd", no_whitebox_attack)
+    handed = robustness_curve(model, SmoothDefense(), x, y, eps_max=0.2, num=3, steps=STEPS, seed=0, whitebox=whitebox)
+    assert handed.equals(plain)
+    with pytest.raises(AdaptiveError, match="whitebox was computed"):
+        robustness_curve(model, SmoothDefense(), x, y, eps_max=0.2, num=3, steps=STEPS, seed=1, whitebox=whitebox)
+    with pytest.raises(AdaptiveError, match="whitebox was computed"):
+        robustness_curve(model, SmoothDefense(), x[:-1], y[:-1], eps_max=0.2, num=3, steps=STEPS, seed=0,
+                         whitebox=whitebox)
 
 
 def test_adaptive_worst_is_the_worst_mask_of_both_losses(model, examples):

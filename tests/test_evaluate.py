@@ -12,6 +12,7 @@ from addd.evaluate import (
     EvaluationError,
     evaluate,
     per_sample_accuracy,
+    reference_predictions,
     robust_masks,
 )
 from addd.inference import predict
@@ -221,3 +222,45 @@ def test_add_defense_restore_leaves_no_grad_history_in_evaluation():
     evaluate(defense, model, x, y, adv, known_attacks=("PGDt",))
     assert len(outputs) == 3 + 2  # reconstruction + PGDu, one batch each
     assert all(not out.requires_grad and out.grad_fn is None for out in outputs)
+
+
+class CountingFlatten(nn.Flatten):
+    """nn.Flatten that counts the images it classifies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.images += len(x)
+        return super().forward(x)
+
+
+def test_reference_predictions_give_the_same_report_without_running_the_target_model_on_the_sets():
+    """M_t's predictions made once (reference_predictions) stand for the clean and undefended
+    figures: the same report, and the target model then only classifies the restored images."""
+    x, sets = images(Y.tolist()), constructed_sets()
+    fresh = CountingFlatten()
+    plain = evaluate(SwapDefense(), fresh, x, Y, sets, known_attacks=("PGDt",), holdout=("DDNu",), batch_size=3)
+    model = CountingFlatten()
+    reference = reference_predictions(model, x, sets, batch_size=3)
+    assert model.images == 8 * (1 + len(sets))
+    model.images = 0
+    again = evaluate(SwapDefense(), model, x, Y, sets, known_attacks=("PGDt",), holdout=("DDNu",), batch_size=3,
+                     reference=reference)
+    assert model.images == 8 * (1 + len(sets))  # reconstruction + one defended pass per set, no undefended pass
+    assert fresh.images == 2 * 8 * (1 + len(sets))
+    assert again.to_metrics() == plain.to_metrics()
+    for attack, (correct, excluded) in plain.masks.items():
+        assert torch.equal(again.masks[attack][0], correct) and torch.equal(again.masks[attack][1], excluded)
+
+
+def test_reference_predictions_of_another_model_or_other_sets_are_refused():
+    x, sets = images(Y.tolist()), constructed_sets()
+    model = nn.Flatten()
+    with pytest.raises(EvaluationError, match="another model"):
+        evaluate(SwapDefense(), model, x, Y, sets, known_attacks=("PGDt",),
+                 reference=reference_predictions(nn.Flatten(), x, sets))
+    partial = reference_predictions(model, x, {k: v for k, v in sets.items() if k != "CWt"})
+    with pytest.raises(EvaluationError, match="CWt"):
+        evaluate(SwapDefense(), model, x, Y, sets, known_attacks=("PGDt",), reference=partial)
