@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from addd import figures
 from addd.runfolder import BEST_DIR, FINAL_FILES, REPORT_DIR, RunFolder
 from sweeps.plan import Plan, SweepError
 
@@ -343,7 +344,8 @@ def _collect_final_files(finals: list, folder: RunFolder) -> None:
 
 def parent_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """The parent run's figures, each name saying its threat model:
-    ``<variant>/test/oblivious/<attack>``, ``<variant>/test/undefended/<attack>``, ``<variant>/adaptive/<name>``."""
+    ``<variant>/test/oblivious/<attack>``, ``<variant>/test/undefended/<attack>``, ``<variant>/adaptive/<name>``,
+    ``<variant>/val/adaptive/probe.pgd_worst`` (the seed re-runs' probe), ``<variant>/search/best_val_probe``."""
     from sweeps.summary import threat_name
 
     metrics: dict[str, float] = {}
@@ -355,6 +357,10 @@ def parent_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
             metrics[f"{variant}/test/{threat_name(name)}"] = stats["mean"]
         for name, stats in entry["adaptive"].items():
             metrics[f"{variant}/adaptive/{name}"] = stats["mean"]
+        for name, stats in entry.get("val", {}).items():  # the adaptive probe of the seed re-runs (addd.figures)
+            metrics[figures.from_summary(figures.VAL, name).parent_metric(variant)] = stats["mean"]
+        if entry["search"].get("best_val_probe") is not None:
+            metrics[f"{variant}/search/best_val_probe"] = entry["search"]["best_val_probe"]
     return metrics
 
 

@@ -11,7 +11,12 @@ from __future__ import annotations
 import statistics
 from typing import Any, Mapping, Sequence
 
+from addd import figures
 from sweeps.trialspec import EPOCH, TrialOutcome, is_finite
+
+# the figures computed on the validation split only (the search's probe): summary["..."]["val"]
+VAL_FIGURES: tuple[str, ...] = (figures.PROBE, figures.WORST_WITH_PROBE)
+PROBE_KEY = figures.FIGURES[figures.PROBE].trial_key()  # a trial's report key of the probe
 
 FORMAT = "addd-sweep-summary/2"
 
@@ -24,6 +29,9 @@ THREAT_MODELS = {
     "worst.*": "oblivious: minimum over attacks of acc.defended (per attack, or per sample)",
     "adaptive.*": "adaptive: x_adv computed on the whole pipeline M_t(G(E(.))) (white-box PGD, AutoAttack; "
                   "BPDA is the paper's Sec 4.3 attack with an identity backward pass)",
+    f"val.{figures.PROBE}": "adaptive: the search's probe, few-step white-box PGD through M_t(G(E(.))) "
+                            "(CE+margin) on a fixed validation subset",
+    f"val.{figures.WORST_WITH_PROBE}": "min(oblivious worst unknown, adaptive probe) on val",
 }
 
 
@@ -43,6 +51,7 @@ def summary_header(space: Any, smoke: bool, dataset: Any, target: Any, cache_dir
         "eval_attacks": list(space.attacks),
         "holdout_attacks": list(space.holdout_attacks),
         "finalists": space.describe_finalists(),
+        "search_objective": space.describe_objective(),
         "cache_dir": str(cache_dir),
     }
 
@@ -96,7 +105,8 @@ def _search_entry(outcomes: Sequence[TrialOutcome]) -> tuple[dict[str, Any], Tri
                            f"({len(stopped)} stopped early, {len(failed)} failed); see 'errors'")
         return entry, None
     best = max(complete, key=lambda o: o.objective)
-    entry.update(best_trial_id=best.trial_id, best_val_objective=best.objective, best_epochs=best.metrics.get(EPOCH))
+    entry.update(best_trial_id=best.trial_id, best_val_objective=best.objective, best_epochs=best.metrics.get(EPOCH),
+                 best_val_probe=best.metrics.get(PROBE_KEY))
     return entry, best
 
 
@@ -124,6 +134,7 @@ def build_summary(
                 "error": o.failure,
                 "test": prefixed(o.metrics, "test"),
                 "adaptive": prefixed(o.metrics, "adaptive"),
+                "val": val_figures(o.metrics),
             }
             for o in runs
         ]
@@ -133,6 +144,7 @@ def build_summary(
             "seeds": per_seed,
             "test": over_seeds(per_seed, "test"),
             "adaptive": over_seeds(per_seed, "adaptive"),
+            "val": over_seeds(per_seed, "val"),
         }
     finalists = [o for o in final if o.failure is None]
     best_run = max(finalists, key=lambda o: o.objective) if finalists else None
@@ -145,12 +157,14 @@ def build_summary(
             "val_objective": best_run.objective,
             "test": prefixed(best_run.metrics, "test"),
             "adaptive": prefixed(best_run.metrics, "adaptive"),
+            "val": val_figures(best_run.metrics),
             "artifact": best_artifact,
         }
     return {
         "format": FORMAT,
         **header,
-        "objective": "val worst-case accuracy over the trial's unknown attacks (oblivious), maximised",
+        "objective": (header.get("search_objective") or {}).get(
+            "description", "val worst-case accuracy over the trial's unknown attacks (oblivious), maximised"),
         "threat_models": THREAT_MODELS,
         "variants": variants,
         "best": best,
@@ -158,7 +172,18 @@ def build_summary(
     }
 
 
+def val_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's validation-only figures (the probe and the worst case with it), by summary key."""
+    out = {}
+    for name in VAL_FIGURES:
+        fig = figures.FIGURES[name]
+        if fig.trial_key() in metrics:
+            out[fig.key] = metrics[fig.trial_key()]
+    return out
+
+
 def over_seeds(per_seed: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
-    """Mean, std and 95% interval over seeds of every numeric figure under ``run[key]`` (``test``, ``adaptive``)."""
-    names = sorted({k for run in per_seed for k, v in run[key].items() if isinstance(v, (int, float))})
-    return {name: _stats([run[key].get(name, float("nan")) for run in per_seed]) for name in names}
+    """Mean, std and 95% interval over seeds of every numeric figure under ``run[key]`` (``test``,
+    ``adaptive``, ``val``)."""
+    names = sorted({k for run in per_seed for k, v in run.get(key, {}).items() if isinstance(v, (int, float))})
+    return {name: _stats([run.get(key, {}).get(name, float("nan")) for run in per_seed]) for name in names}
