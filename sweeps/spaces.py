@@ -409,6 +409,8 @@ SPACES: dict[str, Space] = {
         seeds=3,
         grace_period=2,
         adaptive_n=48,  # adaptive attacks and curves on the first 48 of the 359 test images
+        # bench/probe.py: 128 images x 20 steps cost 0.343 of a search trial here, 64 x 20 fit the 0.25 goal
+        probe_n=64,
         smoke_overrides={
             "n_train": 96, "n_val": 48, "n_test": 48, "attack_budget": 0.05, "num_samples": 2,
             "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10, "curve_steps": 10, "variants": ("full", "no_dp"),
