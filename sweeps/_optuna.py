@@ -10,7 +10,14 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
+from addd import figures
 from sweeps.spaces import Choice, Domain, LogUniform, Uniform
+
+# a trial's figures kept as the Optuna trial's user attributes (dashboard: "User Attributes"), whatever
+# the objective: the oblivious worst unknown, the adaptive probe and the worst of the two, on val
+USER_ATTRIBUTES: tuple[str, ...] = (figures.FIGURES[figures.WORST_UNKNOWN].trial_key("val"),
+                                    figures.FIGURES[figures.PROBE].trial_key(),
+                                    figures.FIGURES[figures.WORST_WITH_PROBE].trial_key())
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +109,17 @@ class TpeSearcher:
                 self._trial(trial_id).report(objective, step)
                 self._last_step[trial_id] = step
 
+    def record_figures(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """Keep the :data:`USER_ATTRIBUTES` figures of a trial's latest result as its user attributes
+        (the last epoch's values win); non-finite or missing ones are left out."""
+        if trial_id not in self._trials:
+            return
+        trial = self._trial(trial_id)
+        for key in USER_ATTRIBUTES:
+            value = result.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                trial.set_user_attr(key, float(value))
+
     def on_trial_complete(self, trial_id: str, objective: float | None, state: str, step: int | None = None) -> None:
         """``step``: the epoch of the last result. Ray hands a trial's last result to this call
         only (not to ``on_trial_result``), so it is recorded here as the last intermediate value:
@@ -111,7 +129,7 @@ class TpeSearcher:
         if trial_id not in self._trials:
             return
         study = self._open()
-        trial = self._trial(trial_id)
+        trial = self._trial(trial_id)  # user attributes must be set before tell: a finished trial is read-only
         if step is not None and objective is not None and state in ("complete", "pruned"):
             self.on_trial_result(trial_id, objective, step)
         self._last_step.pop(trial_id, None)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from addd import figures
 from addd.figures import WORST_UNKNOWN, figure
 from addd.runfolder import BEST_DIR, FINAL_FILES, REPORT_DIR, RunFolder
 from sweeps.plan import Plan, SweepError
@@ -361,7 +362,8 @@ def _collect_final_files(finals: list, folder: RunFolder) -> None:
 
 def parent_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     """The parent run's figures, each name saying its threat model:
-    ``<variant>/test/oblivious/<attack>``, ``<variant>/test/undefended/<attack>``, ``<variant>/adaptive/<name>``
+    ``<variant>/test/oblivious/<attack>``, ``<variant>/test/undefended/<attack>``, ``<variant>/adaptive/<name>``,
+    ``<variant>/val/adaptive/probe.pgd_worst`` (the seed re-runs' probe), ``<variant>/search/best_val_probe``
     (spelled by ``addd.figures``)."""
     from addd.figures import parent_metrics as figure_metrics
 
@@ -370,7 +372,9 @@ def parent_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         if entry["search"].get("best_val_objective") is not None:
             metrics[f"{variant}/search/best_val_objective"] = entry["search"]["best_val_objective"]
         metrics[f"{variant}/search/stopped_early"] = entry["search"]["stopped_early"]
-        metrics.update(figure_metrics(variant, entry))
+        metrics.update(figure_metrics(variant, entry))  # test, adaptive and val (the seed re-runs' probe)
+        if entry["search"].get("best_val_probe") is not None:
+            metrics[f"{variant}/search/best_val_probe"] = entry["search"]["best_val_probe"]
     return metrics
 
 

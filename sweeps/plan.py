@@ -84,7 +84,7 @@ class Plan:
             "attacks": s.describe_attacks(),
             "base_config": to_flat_dict(base) | {"train.device": self.device},
             "search": {v: {k: d.describe() for k, d in s.variant_search(v).items()} for v in s.variants},
-            "objective": "val worst-case accuracy over the trial's unknown attacks (oblivious: attacks on M_t alone), maximised",
+            "objective": s.describe_objective(),
             "variants": list(s.variants),
             "trials_per_variant": self.num_samples,
             "tpe_startup_trials": min(s.startup_trials, self.num_samples),
@@ -109,10 +109,11 @@ class Plan:
 
     def params(self) -> dict[str, Any]:
         """The plan as flat MLflow params of the sweep's parent run."""
-        d = self.describe()
+        d, s = self.describe(), self.space
         return {
             "space": d["space"], "dataset": d["dataset"], "smoke": d["smoke"], "variants": ",".join(d["variants"]),
             "trials_per_variant": d["trials_per_variant"], "seeds": d["seeds"], "attack_budget": d["attacks"]["budget"],
+            "objective": s.objective, "probe_n": s.probe_n, "probe_steps": s.probe_steps,
             "eval_attacks": ",".join(d["attacks"]["val_and_test_splits"]), "holdout": ",".join(d["attacks"]["holdout"]),
             **{f"base.{k}": v for k, v in d["base_config"].items()},
         }

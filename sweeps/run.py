@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="narrow the attacks scored on val/test (default: the dataset's whole suite)")
     p.add_argument("--adaptive-n", type=_positive_int,
                    help="adaptive attacks and robustness curves on the first N test examples (default: the space's)")
+    p.add_argument("--objective", help="what each search trial maximises: oblivious (the paper's) or worst "
+                   "(min of it and the adaptive probe); default: the space's")
+    p.add_argument("--probe-n", type=int, help="the adaptive probe's validation images (default: the space's)")
+    p.add_argument("--probe-steps", type=int, help="the adaptive probe's PGD steps (default: the space's)")
     p.add_argument("--data-root", type=Path, default=Path("./data"), help="dataset folder (default: ./data)")
     p.add_argument("--download", action="store_true", help="download the dataset into --data-root if it is missing")
     p.add_argument("--no-study", action="store_true",
@@ -140,6 +144,9 @@ def make_plan(args: argparse.Namespace):
         narrowed["holdout_attacks"] = tuple(a for a in space.holdout_attacks if a in args.attacks)
     if args.adaptive_n:
         narrowed["adaptive_n"] = args.adaptive_n
+    for field_name in ("objective", "probe_n", "probe_steps"):  # checked by Space.validate: one error line
+        if getattr(args, field_name) is not None:
+            narrowed[field_name] = getattr(args, field_name)
     if narrowed:
         space = replace(space, **narrowed).validate()
     run_dir = (args.run_dir or Path("runs") / f"{space.name}{'-smoke' if args.smoke else ''}").resolve()

@@ -98,7 +98,9 @@ class SweepSchedule:
         spec = self.trials.get(trial_id)
         score = result.get(self.metric)
         if spec is not None and spec.phase == SEARCH and is_finite(score):
-            self._variant(spec.variant).searcher.on_trial_result(trial_id, float(score), int(result.get(EPOCH, 0)))
+            searcher = self._variant(spec.variant).searcher
+            _record_figures(searcher, trial_id, result)
+            searcher.on_trial_result(trial_id, float(score), int(result.get(EPOCH, 0)))
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         spec = self.trials.get(trial_id)
@@ -115,6 +117,7 @@ class SweepSchedule:
             v.stopped_early += 1
         else:
             state = "complete"
+        _record_figures(v.searcher, trial_id, result)
         v.searcher.on_trial_complete(trial_id, float(score) if is_finite(score) else None, state,
                                      step=int(result[EPOCH]) if EPOCH in result else None)
         v.finished += 1
@@ -123,6 +126,14 @@ class SweepSchedule:
         if v.search_done:
             log.info("variant %s: search done (best %s %.4f; %d stopped early, %d failed); re-running its best "
                      "config over %d seed(s)", spec.variant, self.metric, v.best_score, v.stopped_early, v.failed, v.seeds)
+
+
+def _record_figures(searcher: Any, trial_id: str, result: dict[str, Any]) -> None:
+    """Hand a searcher that keeps per-trial figures (``record_figures``, e.g. the adaptive probe as
+    Optuna user attributes) the trial's result; other searchers need only the objective."""
+    record = getattr(searcher, "record_figures", None)
+    if record is not None:
+        record(trial_id, result)
 
 
 def build_schedule(plan: "Plan", make_searcher) -> SweepSchedule:

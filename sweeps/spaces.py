@@ -25,6 +25,15 @@ class SpaceError(AdddError):
 
 ALL_VARIANTS = ("full", "no_dp", "no_prior", "no_mmd", "no_di")  # the ablations of addd.config.ABLATIONS
 SPLIT_SEED = 0  # addd.data's seed for the train/val/test subsets of every space
+PROBE_SEED = 0  # the adaptive probe's random start: the same for every trial and epoch
+
+# What a search trial's ``objective`` (sweeps.trialspec.OBJECTIVE) is: Optuna maximises it, ASHA compares it.
+OBJECTIVES: dict[str, str] = {
+    "oblivious": "val worst-case accuracy over the trial's unknown attacks (oblivious: attacks on M_t alone), "
+                 "maximised (the paper's reading)",
+    "worst": "val min(worst-case accuracy over the trial's unknown oblivious attacks, the adaptive probe: "
+             "white-box PGD through M_t(G(E(x)))), maximised",
+}
 
 
 # ----------------------------------------------------------------------------- search domains
@@ -118,6 +127,12 @@ class Space:
     adaptive_autoattack: bool = True  # AutoAttack L-inf and L2 through the pipeline
     curve_points: int = 5  # eps values from 0 to the dataset's PGD eps (0, eps/4, ..., eps)
     curve_steps: int = 50  # PGD steps per curve point (CE and margin; the finalist figure at eps uses adaptive_steps)
+    # What every search trial maximises (a key of OBJECTIVES). Whatever it is, each trial also
+    # reports the adaptive probe: seeded white-box PGD through M_t(G(E(x))) (CE and margin, random
+    # start, probe_steps steps, the dataset's PGD eps) on the first probe_n validation images.
+    objective: str = "oblivious"
+    probe_n: int = 128  # at most n_val
+    probe_steps: int = 20
     smoke_overrides: Mapping[str, Any] = field(default_factory=dict)  # Space fields for --smoke
     # For spaces at a paper's settings: every size or setting that is not the paper's, and why.
     differs_from_paper: tuple[str, ...] = ()
@@ -159,6 +174,16 @@ class Space:
             "adaptive_pgd_steps": self.adaptive_steps,
             "robustness_curve_points": self.curve_points,
             "robustness_curve_pgd_steps": self.curve_steps,
+        }
+
+    def describe_objective(self) -> dict[str, Any]:
+        """The search objective and the adaptive probe every search trial reports (--dry-run, summary.json)."""
+        return {
+            "name": self.objective,
+            "description": OBJECTIVES.get(self.objective, "unknown"),
+            "probe": {"attack": "white-box PGD through M_t(G(E(x))), CE and margin (worse of the two), random start",
+                      "val_examples": self.probe_n, "steps": self.probe_steps, "seed": PROBE_SEED,
+                      "eps": "the dataset's PGD eps"},
         }
 
     def base_config(self) -> DefenseConfig:
@@ -214,6 +239,22 @@ class Space:
     def validate(self) -> "Space":
         """Raise SpaceError on any inconsistency, before anything runs. Returns self."""
         where = f"space {self.name!r}"
+        self._check_data(where)
+        self._check_attacks(where)
+        self._check_budgets(where)
+        self._check_objective(where)
+        try:
+            base = self.base_config()
+        except ValueError as exc:
+            raise SpaceError(f"{where}: base config: {exc}") from None
+        self._check_search(where, base)
+        self._check_known_attacks(where)
+        for variant in self.variants:
+            ablation(base, variant)
+        return self
+
+    def _check_data(self, where: str) -> None:
+        """The dataset exists and every split size is >= 2 or None."""
         try:
             from addd.data import DATASET_NAMES
         except ImportError:  # data module not installed yet: checked again at load time
@@ -224,6 +265,9 @@ class Space:
             value = getattr(self, key)
             if value is not None and value < 2:
                 raise SpaceError(f"{where}: {key} must be >= 2 or None (whole split), got {value}")
+
+    def _check_attacks(self, where: str) -> None:
+        """Known attack names, each scored once; holdouts among them; the budget positive."""
         if not self.attack_budget > 0:
             raise SpaceError(f"{where}: attack_budget must be > 0, got {self.attack_budget}")
         bad = [a for a in (*self.attacks, *self.holdout_attacks) if a not in ATTACK_NAMES]
@@ -233,6 +277,9 @@ class Space:
             raise SpaceError(f"{where}: eval_attacks must name each attack once, got {list(self.attacks)}")
         if not set(self.holdout_attacks) <= set(self.attacks):
             raise SpaceError(f"{where}: holdout_attacks {list(self.holdout_attacks)} must be among eval_attacks")
+
+    def _check_budgets(self, where: str) -> None:
+        """Variants, trial counts, ASHA, resources and the paper's weights."""
         bad_variants = [v for v in self.variants if v not in ABLATIONS]
         if bad_variants or not self.variants:
             raise SpaceError(f"{where}: unknown variant(s) {bad_variants}; valid: {', '.join(ABLATIONS)}")
@@ -251,21 +298,35 @@ class Space:
             raise SpaceError(f"{where}: cpus_per_trial must be > 0 and gpus_per_trial >= 0")
         if self.paper_weights not in PAPER_LOSS_WEIGHTS:
             raise SpaceError(f"{where}: paper_weights {self.paper_weights!r}; valid: {', '.join(PAPER_LOSS_WEIGHTS)}")
-        try:
-            base = self.base_config()
-        except ValueError as exc:
-            raise SpaceError(f"{where}: base config: {exc}") from None
+
+    def _check_objective(self, where: str) -> None:
+        """A known objective; probe sizes >= 1, the probe's images within the validation split."""
+        if self.objective not in OBJECTIVES:
+            raise SpaceError(f"{where}: unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
+        for name in ("probe_n", "probe_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SpaceError(f"{where}: {name} must be a whole number >= 1, got {value!r}")
+        if self.n_val is not None and self.probe_n > self.n_val:
+            raise SpaceError(f"{where}: probe_n {self.probe_n} is larger than the validation split ({self.n_val} "
+                             f"images); pass --probe-n {self.n_val} or less")
+
+    def _check_search(self, where: str, base: DefenseConfig) -> None:
+        """Every search key is a config key and every corner of every range makes a valid config."""
         valid_keys = set(to_flat_dict(base))
         bad_keys = sorted(set(self.search) - valid_keys)
         if bad_keys:
             raise SpaceError(f"{where}: unknown search key(s) {bad_keys}; valid: {', '.join(sorted(valid_keys))}")
         for key, dom in self.search.items():
             dom.check(key)
-            for value in _corners(dom):  # every corner of every range must make a valid config
+            for value in _corners(dom):
                 try:
                     base.replace(**{key: value})
                 except ValueError as exc:
                     raise SpaceError(f"{where}: search range {key} value {value!r}: {exc}") from None
+
+    def _check_known_attacks(self, where: str) -> None:
+        """Each known-attack choice names real attacks, no holdout, and leaves an unknown attack."""
         for pair in self.known_attack_choices():
             bad = [a for a in pair if a not in ATTACK_NAMES]
             if bad:
@@ -275,9 +336,6 @@ class Space:
             if not self.unknown_attacks(pair):
                 raise SpaceError(f"{where}: known attacks {list(pair)} leave no unknown attack among eval_attacks; "
                                  f"score more attacks or train on fewer")
-        for variant in self.variants:
-            ablation(base, variant)
-        return self
 
 
 def _check_type(key: str, value: Any, default: Any) -> None:
@@ -351,9 +409,12 @@ SPACES: dict[str, Space] = {
         seeds=3,
         grace_period=2,
         adaptive_n=48,  # adaptive attacks and curves on the first 48 of the 359 test images
+        # bench/probe.py: 128 images x 20 steps cost 0.343 of a search trial here, 64 x 20 fit the 0.25 goal
+        probe_n=64,
         smoke_overrides={
             "n_train": 96, "n_val": 48, "n_test": 48, "attack_budget": 0.05, "num_samples": 2,
             "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10, "curve_steps": 10, "variants": ("full", "no_dp"),
+            "probe_n": 32, "probe_steps": 5,
             "base": {"network.width": 0.03125, "network.channels": 1, "train.epochs": 2,
                      "train.batch_size": 16, "train.lr": 1e-3},
         },
@@ -376,6 +437,7 @@ SPACES: dict[str, Space] = {
         smoke_overrides={
             "n_train": 64, "n_val": 32, "n_test": 32, "attack_budget": 0.05, "num_samples": 2,
             "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10, "curve_steps": 10, "variants": ("full", "no_dp"),
+            "probe_n": 16, "probe_steps": 5,
             "search": _paper_search("svhn", _PAIRS, (8.0, 256.0)),
             "base": {"network.width": 0.03125, "network.channels": 3, "train.epochs": 2, "train.batch_size": 16},
             "gpus_per_trial": 0.0, "cpus_per_trial": 1.0,
@@ -456,10 +518,11 @@ SPACES["mnist5k_paper"] = Space(
     seeds=3,
     grace_period=2,
     adaptive_n=100,
+    probe_n=100,  # the whole 100-image validation split
     smoke_overrides={
         "n_train": 96, "n_val": 48, "n_test": 48, "attack_budget": 0.05, "num_samples": 2,
         "startup_trials": 1, "seeds": 1, "grace_period": 1, "grid_examples": 4, "adaptive_steps": 10,
-        "curve_steps": 10, "adaptive_n": 48,
+        "curve_steps": 10, "adaptive_n": 48, "probe_n": 32, "probe_steps": 5,
         "base": {"network.width": 0.03125, "network.channels": 1, "train.epochs": 2, "train.batch_size": 16,
                  "train.lr": 1e-3},
     },

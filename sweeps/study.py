@@ -93,7 +93,16 @@ def space_as_run(summary: Mapping[str, Any]):
     return dataclasses.replace(space, eval_attacks=tuple(summary["eval_attacks"]),
                                holdout_attacks=tuple(summary.get("holdout_attacks", ())),
                                adaptive_n=n if isinstance(n, int) else None,
-                               attack_budget=float(summary["attack_budget"])).validate()
+                               attack_budget=float(summary["attack_budget"]),
+                               **_objective_as_run(space, summary)).validate()
+
+
+def _objective_as_run(space, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The objective and probe sizes the sweep ran with (``run.py --objective/--probe-n/--probe-steps``)."""
+    given = summary.get("search_objective") or {}
+    probe = given.get("probe") or {}
+    return {"objective": given.get("name", space.objective), "probe_n": probe.get("val_examples", space.probe_n),
+            "probe_steps": probe.get("steps", space.probe_steps)}
 
 
 def load_sets(summary: Mapping[str, Any], *, data_root: Path, train_attacks: tuple[str, ...],

@@ -11,8 +11,13 @@ from __future__ import annotations
 import statistics
 from typing import Any, Mapping, Sequence
 
+from addd import figures
 from addd.figures import legend
 from sweeps.trialspec import EPOCH, TrialOutcome, is_finite
+
+# the figures computed on the validation split only (the search's probe): summary["..."]["val"]
+VAL_FIGURES: tuple[str, ...] = (figures.PROBE, figures.WORST_WITH_PROBE)
+PROBE_KEY = figures.FIGURES[figures.PROBE].trial_key()  # a trial's report key of the probe
 
 FORMAT = "addd-sweep-summary/2"
 
@@ -33,6 +38,7 @@ def summary_header(space: Any, smoke: bool, dataset: Any, target: Any, cache_dir
         "eval_attacks": list(space.attacks),
         "holdout_attacks": list(space.holdout_attacks),
         "finalists": space.describe_finalists(),
+        "search_objective": space.describe_objective(),
         "cache_dir": str(cache_dir),
     }
 
@@ -77,7 +83,8 @@ def _search_entry(outcomes: Sequence[TrialOutcome]) -> tuple[dict[str, Any], Tri
                            f"({len(stopped)} stopped early, {len(failed)} failed); see 'errors'")
         return entry, None
     best = max(complete, key=lambda o: o.objective)
-    entry.update(best_trial_id=best.trial_id, best_val_objective=best.objective, best_epochs=best.metrics.get(EPOCH))
+    entry.update(best_trial_id=best.trial_id, best_val_objective=best.objective, best_epochs=best.metrics.get(EPOCH),
+                 best_val_probe=best.metrics.get(PROBE_KEY))
     return entry, best
 
 
@@ -105,6 +112,7 @@ def build_summary(
                 "error": o.failure,
                 "test": prefixed(o.metrics, "test"),
                 "adaptive": prefixed(o.metrics, "adaptive"),
+                "val": val_figures(o.metrics),
             }
             for o in runs
         ]
@@ -114,6 +122,7 @@ def build_summary(
             "seeds": per_seed,
             "test": over_seeds(per_seed, "test"),
             "adaptive": over_seeds(per_seed, "adaptive"),
+            "val": over_seeds(per_seed, "val"),
         }
     finalists = [o for o in final if o.failure is None]
     best_run = max(finalists, key=lambda o: o.objective) if finalists else None
@@ -126,12 +135,14 @@ def build_summary(
             "val_objective": best_run.objective,
             "test": prefixed(best_run.metrics, "test"),
             "adaptive": prefixed(best_run.metrics, "adaptive"),
+            "val": val_figures(best_run.metrics),
             "artifact": best_artifact,
         }
     return {
         "format": FORMAT,
         **header,
-        "objective": "val worst-case accuracy over the trial's unknown attacks (oblivious), maximised",
+        "objective": (header.get("search_objective") or {}).get(
+            "description", "val worst-case accuracy over the trial's unknown attacks (oblivious), maximised"),
         "threat_models": legend(),
         "variants": variants,
         "best": best,
@@ -139,7 +150,18 @@ def build_summary(
     }
 
 
+def val_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's validation-only figures (the probe and the worst case with it), by summary key."""
+    out = {}
+    for name in VAL_FIGURES:
+        fig = figures.FIGURES[name]
+        if fig.trial_key() in metrics:
+            out[fig.key] = metrics[fig.trial_key()]
+    return out
+
+
 def over_seeds(per_seed: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:
-    """Mean, std and 95% interval over seeds of every numeric figure under ``run[key]`` (``test``, ``adaptive``)."""
-    names = sorted({k for run in per_seed for k, v in run[key].items() if isinstance(v, (int, float))})
-    return {name: _stats([run[key].get(name, float("nan")) for run in per_seed]) for name in names}
+    """Mean, std and 95% interval over seeds of every numeric figure under ``run[key]`` (``test``,
+    ``adaptive``, ``val``)."""
+    names = sorted({k for run in per_seed for k, v in run.get(key, {}).items() if isinstance(v, (int, float))})
+    return {name: _stats([run.get(key, {}).get(name, float("nan")) for run in per_seed]) for name in names}

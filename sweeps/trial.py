@@ -4,8 +4,10 @@ The config format belongs to :mod:`sweeps.trialspec`; everything else a trial ne
 adversarial sets, the target model, the finalist settings) arrives once through Ray's object
 store as a :class:`TrialContext`. Ray itself is reached only through ``sweeps._ray``.
 
-Search trials report the validation objective (oblivious worst case over the unknown attacks)
-every epoch. Final trials (seed re-runs of a variant's best config) report losses every epoch,
+Search trials report every epoch the oblivious worst case over the unknown attacks
+(``val/worst.unknown``), the adaptive probe (``val/probe.pgd_worst``: cheap seeded white-box PGD
+through M_t(G(E(.))) on a fixed validation subset), the worst of the two, and as ``objective``
+the one the space's ``objective`` names (:func:`search_objective`). Final trials (seed re-runs of a variant's best config) report losses every epoch,
 and at their end the validation and test figures of both threat models: the oblivious suite,
 the adaptive attacks on the whole pipeline, and the robustness curve (saved with the checkpoint).
 """
@@ -27,6 +29,8 @@ from torch import nn
 
 from addd import figures
 from addd.advcache import AdvSet
+from addd import figures
+from addd.errors import AdddError
 from addd.evaluate import ReferencePredictions, evaluate, reference_predictions
 from addd.runfolder import CURVE_FILE, DEFENSE_FILE, IMAGES_FILE, PER_EXAMPLE_FILE
 from sweeps.trialspec import EPOCH, FAILURE, FINAL, OBJECTIVE, SEARCH, TrialSpec
@@ -65,6 +69,28 @@ class Finalists:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """The adaptive probe of every search trial (and of a final's last epoch): white-box PGD through
+    M_t(G(E(x))), CE and margin (worse of the two), random start, on the first ``n`` val images."""
+
+    eps: float  # the dataset's PGD eps (figures side by side with the oblivious PGDu)
+    n: int
+    steps: int
+    seed: int = 0
+
+
+PROBE_KEY = figures.FIGURES[figures.PROBE].trial_key()  # val/probe.pgd_worst
+WORST_WITH_PROBE_KEY = figures.FIGURES[figures.WORST_WITH_PROBE].trial_key()  # val/worst.unknown_with_probe
+WORST_UNKNOWN_KEY = figures.FIGURES[figures.WORST_UNKNOWN].trial_key("val")  # val/worst.unknown
+# space objective -> the trial report key that becomes the trial's ``objective``
+OBJECTIVE_KEYS: dict[str, str] = {"oblivious": WORST_UNKNOWN_KEY, "worst": WORST_WITH_PROBE_KEY}
+
+
+class ProbeError(AdddError):
+    """The probe asks for more validation images than the split holds; the message says what to do."""
+
+
+@dataclass(frozen=True)
 class TrialContext:
     """What every trial shares; put in the object store once by the driver."""
 
@@ -83,6 +109,8 @@ class TrialContext:
     # the robustness curve's white-box column on M_t (addd.adaptive.whitebox_curve), the same for
     # every final: made once by build_context. None: each curve runs it.
     whitebox_curve: Any = None
+    probe: Probe | None = None  # None: no adaptive probe (the objective must then be "oblivious")
+    objective: str = "oblivious"  # a key of OBJECTIVE_KEYS
 
 
 def sweep_dataset(space: Any, data_root: Path, *, download: bool = False):
@@ -126,6 +154,13 @@ def build_context(space: Any, splits: Mapping[str, SplitSets], target_model: nn.
     driver's and the standalone study's one builder. ``splits``: train, val and test sets.
     What no defense changes is computed here once, with the trials' torch threads (the same
     numbers as in a trial): M_t's predictions on the val and test sets and the curve's white-box column."""
+    from addd.attacks import attack_params
+
+    n_val = len(splits["val"].y)
+    if space.probe_n > n_val:
+        raise ProbeError(f"probe_n {space.probe_n} is larger than the validation split ({n_val} images); "
+                         f"pass --probe-n {n_val} or less")
+    probe = Probe(eps=float(attack_params("PGDu", space.dataset)["eps"]), n=space.probe_n, steps=space.probe_steps)
     finalists = Finalists(dataset=space.dataset, n=space.adaptive_n, steps=space.adaptive_steps,
                           autoattack=space.adaptive_autoattack, curve_points=space.curve_points,
                           budget=space.attack_budget, curve_steps=space.curve_steps)
@@ -141,6 +176,7 @@ def build_context(space: Any, splits: Mapping[str, SplitSets], target_model: nn.
         train=splits["train"], val=val, test=test, target_model=target_model,
         holdout_attacks=tuple(space.holdout_attacks), threads=threads, events_path=events_path,
         finalists=finalists, grid_examples=space.grid_examples, whitebox_curve=whitebox,
+        probe=probe, objective=space.objective,
     )
 
 
@@ -177,6 +213,44 @@ def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tup
             per_example[fig.per_example_key] = correct.contiguous()
             per_example[fig.excluded_key] = excluded.contiguous()
     return figures.trial_metrics(report.to_metrics(), split)
+
+
+def probe_split(defense: nn.Module, ctx: TrialContext) -> dict[str, float]:
+    """The adaptive probe (``ctx.probe``) of ``defense`` on the first ``n`` validation images, as
+    ``{val/probe.pgd_worst: accuracy}``: an image counts only if it survives both the CE and the
+    margin PGD through M_t(G(E(.))) (``addd.adaptive.adaptive_worst``). Empty without a probe."""
+    from addd.adaptive import adaptive_worst
+
+    p = ctx.probe
+    if p is None:
+        return {}
+    x, y = ctx.val.x[: p.n], ctx.val.y[: p.n]
+    correct = adaptive_worst(ctx.target_model, defense, x, y, eps=p.eps, steps=p.steps, seed=p.seed)
+    return {PROBE_KEY: correct.float().mean().item()}
+
+
+def search_objective(metrics: Mapping[str, float], objective: str) -> dict[str, float]:
+    """What a trial adds to its validation ``metrics`` (oblivious figures and, if run, the probe):
+    ``val/worst.unknown_with_probe`` = min(worst unknown, probe) when the probe ran, and
+    ``objective``, the key ``OBJECTIVE_KEYS[objective]`` names ("worst" needs the probe)."""
+    out: dict[str, float] = {}
+    if PROBE_KEY in metrics:
+        out[WORST_WITH_PROBE_KEY] = min(metrics[WORST_UNKNOWN_KEY], metrics[PROBE_KEY])
+    key = OBJECTIVE_KEYS.get(objective)
+    if key is None:
+        raise ProbeError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVE_KEYS)}")
+    if key not in {**metrics, **out}:
+        raise ProbeError(f"objective {objective!r} needs the adaptive probe, and this trial has none")
+    out[OBJECTIVE] = {**metrics, **out}[key]
+    return out
+
+
+def evaluate_search(defense: nn.Module, ctx: TrialContext, known: tuple[str, ...]) -> dict[str, float]:
+    """A search epoch's figures: the oblivious val suite, the adaptive probe, their worst and ``objective``."""
+    metrics = evaluate_split(defense, ctx, "val", known)
+    metrics.update(probe_split(defense, ctx))
+    metrics.update(search_objective(metrics, ctx.objective))
+    return metrics
 
 
 def evaluate_finalist(defense: nn.Module, ctx: TrialContext, out_dir: Path, curve: bool,
@@ -233,7 +307,7 @@ def restored_examples(defense: nn.Module, ctx: TrialContext) -> dict[str, torch.
 def evaluate_final(defense: nn.Module, ctx: TrialContext, known: tuple[str, ...], seed: int, out_dir: Path,
                    metadata: Mapping[str, Any] | None = None) -> dict[str, float]:
     """A final's whole evaluation, for the sweep's final trials and the study's finals alike: the
-    validation objective, the oblivious test suite, the adaptive suite (if ``ctx.finalists``) and,
+    validation figures of a search epoch (the probe and ``objective`` included), the oblivious test suite, the adaptive suite (if ``ctx.finalists``) and,
     on seed 0, the robustness curve. Writes into ``out_dir``: the per-example test correctness
     (``per_example.safetensors``), a few restored images (``restored.safetensors``) and the curve
     (``robustness_curve.csv``); ``metadata`` goes into both tensor files."""
@@ -241,8 +315,7 @@ def evaluate_final(defense: nn.Module, ctx: TrialContext, known: tuple[str, ...]
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metadata = dict(metadata or {})
-    metrics = evaluate_split(defense, ctx, "val", known)
-    metrics[OBJECTIVE] = metrics["val/worst.unknown"]
+    metrics = evaluate_search(defense, ctx, known)
     per_example = {"y": ctx.test.y.contiguous()}
     metrics.update(evaluate_split(defense, ctx, "test", known, per_example))
     if ctx.finalists is not None:  # the curve of each variant's best config: its first seed (the costly part)
@@ -300,8 +373,7 @@ def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
             if final:  # the same evaluation as the study's finals
                 metrics.update(evaluate_final(model, ctx, cfg.known_attacks, spec.seed, Path(tmp), {"epoch": epoch}))
             elif spec.phase == SEARCH:
-                metrics.update(evaluate_split(model, ctx, "val", cfg.known_attacks))
-                metrics[OBJECTIVE] = metrics["val/worst.unknown"]
+                metrics.update(evaluate_search(model, ctx, cfg.known_attacks))
             metrics["eval_seconds"] = time.perf_counter() - eval_start
             # compute = what the trial must do whatever runs it; checkpointing and reporting are overhead
             _event(ctx, trial_id, "epoch", epoch=epoch, compute_seconds=report.seconds + metrics["eval_seconds"])

@@ -51,6 +51,10 @@ CASES = {
     "bad --set key": (SMOKE + ["--set", "train.lrr=1e-3"], "unknown config key(s) ['train.lrr']; valid keys"),
     "bad --set value": (SMOKE + ["--set", "train.lr=fast"], "train.lr must be a number"),
     "bad --set form": (SMOKE + ["--set", "train.lr"], "write KEY=VALUE"),
+    "unknown objective": (SMOKE + ["--objective", "best"], "unknown objective 'best'; valid: oblivious, worst"),
+    "probe of no images": (SMOKE + ["--probe-n", "0"], "probe_n must be a whole number >= 1"),
+    "probe of no steps": (SMOKE + ["--probe-steps", "0"], "probe_steps must be a whole number >= 1"),
+    "probe larger than val": (SMOKE + ["--probe-n", "49"], "larger than the validation split (48 images)"),
 }
 
 

@@ -74,3 +74,28 @@ def test_a_complete_trial_records_its_last_epoch_as_an_intermediate_value(tmp_pa
     assert study.trials[0].intermediate_values == {1: 0.2, 2: 0.35}
     assert study.trials[0].value == pytest.approx(0.35)
     assert study.trials[1].intermediate_values == {1: 0.1, 2: 0.15}
+
+
+def test_each_trial_keeps_its_probe_and_oblivious_objective_as_user_attributes(tmp_path):
+    """Whatever the objective, the study holds each trial's last val/worst.unknown, adaptive probe
+    and their worst (pruned trials too), spelled by addd.figures."""
+    from addd import figures
+
+    keys = {name: figures.FIGURES[name].trial_key("val") for name in
+            (figures.WORST_UNKNOWN, figures.PROBE, figures.WORST_WITH_PROBE)}
+    schedule = SweepSchedule([VariantSearch("full", _searcher(tmp_path), {"train.epochs": 2}, budget=2, seeds=0)],
+                             metric="objective")
+    schedule.suggest("a"), schedule.suggest("b")
+
+    def result(epoch, oblivious, probe):
+        return {"objective": min(oblivious, probe), "epoch": epoch, keys[figures.WORST_UNKNOWN]: oblivious,
+                keys[figures.PROBE]: probe, keys[figures.WORST_WITH_PROBE]: min(oblivious, probe), "loss/x": 1.0}
+
+    schedule.on_trial_result("a", result(1, 0.5, 0.1))
+    schedule.on_trial_complete("a", result(2, 0.6, 0.05))  # its last epoch came only here
+    schedule.on_trial_complete("b", result(1, 0.4, 0.2))  # stopped early: pruned, figures kept
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.trials[0].user_attrs == {"val/worst.unknown": 0.6, "val/probe.pgd_worst": 0.05,
+                                          "val/worst.unknown_with_probe": 0.05}
+    assert study.trials[0].value == pytest.approx(0.05)
+    assert study.trials[1].state.name == "PRUNED" and study.trials[1].user_attrs["val/probe.pgd_worst"] == 0.2

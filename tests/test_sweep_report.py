@@ -77,3 +77,29 @@ def test_report_tables_and_plot_follow_the_summary(tmp_path):
     assert pd.read_csv(tmp_path / "test_accuracy.csv").shape[0] == len(table)
     text = (tmp_path / "report.md").read_text()
     assert "0.600 ± 0.141" in text and "| no_dp | 1 | 1 | 0 | 0 | 0.4 |" in text
+
+
+def test_the_adaptive_probe_reaches_the_summary_and_the_parent_run():
+    """The best search trial's probe, each seed's val probe and its mean over seeds, spelled by
+    addd.figures; the parent run's metric names say the threat model and the split."""
+    from addd import figures
+    from sweeps.driver import parent_metrics
+
+    probe, with_probe = (figures.FIGURES[n].trial_key() for n in (figures.PROBE, figures.WORST_WITH_PROBE))
+    search, final = _sweep()
+    search["full"][1].metrics[probe] = 0.125  # the best search trial "b"
+    for outcome, value in zip(final, (0.1, 0.3, 0.0, 0.0)):
+        outcome.metrics.update({probe: value, with_probe: value})
+    summary = build_summary(header={"search_objective": {"name": "worst", "description": "min of both"}},
+                            search=search, final=final, best_artifact="b")
+    full = summary["variants"]["full"]
+    assert full["search"]["best_val_probe"] == 0.125
+    assert [s["val"]["probe.pgd_worst"] for s in full["seeds"]] == [0.1, 0.3]
+    assert full["val"]["probe.pgd_worst"]["mean"] == pytest.approx(0.2)
+    assert summary["best"]["val"] == {"probe.pgd_worst": 0.3, "worst.unknown_with_probe": 0.3}
+    assert summary["objective"] == "min of both"
+    metrics = parent_metrics(summary)
+    assert metrics["full/val/adaptive/probe.pgd_worst"] == pytest.approx(0.2)
+    assert metrics["full/search/best_val_probe"] == 0.125
+    assert "no_dp/search/best_val_probe" not in metrics  # its trial reported no probe
+    json.dumps(summary)
