@@ -66,7 +66,8 @@ def accuracy_table(summary: Mapping[str, Any]) -> pd.DataFrame:
 
 
 def search_table(summary: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per tuned variant: trials, best validation objective, and the best config's searched values."""
+    """One row per tuned variant: trials, best validation objective, the best trial's adaptive probe
+    (val), and the best config's searched values."""
     rows = []
     for variant, entry in summary["variants"].items():
         config = entry.get("best_config") or {}
@@ -78,6 +79,7 @@ def search_table(summary: Mapping[str, Any]) -> pd.DataFrame:
             "stopped early (ASHA; pruned in Optuna)": search.get("stopped_early"),
             "failed": search.get("failed"),
             "best_val_objective": search.get("best_val_objective"),
+            F.FIGURES[F.PROBE].header: search.get("best_val_probe"),  # the best trial's adaptive probe
             **{k: config.get(k) for k in ("loss.lambda_prior", "loss.lambda_dp", "loss.lambda_cls", "loss.theta_mse",
                                           "loss.sigma", "known_attacks")},
         })

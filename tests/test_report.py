@@ -4,6 +4,7 @@ in the headers, known attacks marked, adaptive beside oblivious, verdicts, sensi
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -90,3 +91,17 @@ def test_ablation_plot_separates_known_and_unknown_and_zooms(tmp_path):
     box, bars = legend.get_window_extent(), axes[1].get_window_extent()
     assert box.x0 >= bars.x1 - 1  # the legend sits right of the bars, covering none
     pytest.importorskip("matplotlib")
+
+
+def test_search_table_shows_the_best_trials_adaptive_probe_beside_its_objective(tmp_path):
+    from addd import figures
+    from ablations.report import search_table
+
+    summary = _summary()
+    summary["variants"]["full"]["search"]["best_val_probe"] = 0.125
+    table = search_table(summary).set_index("variant")
+    header = figures.FIGURES[figures.PROBE].header
+    assert "probe" in header and table.loc["full", header] == 0.125
+    assert pd.isna(table.loc["no_dp", header])  # a variant without a probe shows none, not a made-up value
+    build_report(summary, tmp_path)
+    assert header in (tmp_path / "report.md").read_text()
