@@ -38,13 +38,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from addd import losses
-from addd.attacks import ATTACK_NAMES, ATTACKS, attack_params
+from addd.attack_names import KNOWN_ATTACK_NAMES, is_online
+from addd.attacks import ATTACKS, attack_params
 from addd.config import NetworkConfig
 from addd.networks import Encoder, Generator, ImageDiscriminator
 from addd.storage import StorageError, load_tensors, save_tensors
 from addd.architectures import DEFAULT_ARCH, arch_kwargs_for, build_target_model
-from addd.adaptive import pgd_linf
 from addd.inference import frozen
+from addd.online import OnlinePGD
 from addd.training import EpochReport, TrainingRun, TrainingState, check_finite, check_training_data, run_epochs
 
 from addd.errors import AdddError as _ErrorBase
@@ -71,12 +72,15 @@ def _check(condition: bool, message: str) -> None:
         raise BaselineError(message)
 
 
-def _check_known_attacks(known: Sequence[str]) -> tuple[str, ...]:
+def _check_known_attacks(known: Sequence[str], online_allowed: bool) -> tuple[str, ...]:
     known = tuple(known)
     _check(len(known) >= 1, "known_attacks must name at least one attack")
     _check(len(set(known)) == len(known), f"known_attacks has duplicates: {list(known)}")
-    bad = [name for name in known if name not in ATTACK_NAMES]
-    _check(not bad, f"unknown known attack(s) {bad}; valid names: {', '.join(ATTACK_NAMES)}")
+    bad = [name for name in known if name not in KNOWN_ATTACK_NAMES]
+    _check(not bad, f"unknown known attack(s) {bad}; valid names: {', '.join(KNOWN_ATTACK_NAMES)}")
+    online = [name for name in known if is_online(name)]
+    _check(online_allowed or not online, f"APE-GAN trains on cached sets only; drop the online attack(s) {online} "
+                                         f"from its known_attacks (adversarial training and ADD-Defense take them)")
     return known
 
 
@@ -226,7 +230,7 @@ class APEGANConfig:
     adv_weight: float = APEGAN_ADV_WEIGHT
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "known_attacks", _check_known_attacks(self.known_attacks))
+        object.__setattr__(self, "known_attacks", _check_known_attacks(self.known_attacks, online_allowed=False))
         _check_common(self)
         _check(isinstance(self.width, (int, float)) and self.width > 0, f"width must be > 0, got {self.width!r}")
         for name in ("mse_weight", "adv_weight"):
@@ -360,8 +364,10 @@ def load_apegan(path: str | Path, device: str = "cpu") -> APEGAN:
 
 
 def is_online_attack(name: str) -> bool:
-    """True for the attacks adversarial training regenerates each batch: the PGD family."""
-    return ATTACKS[name].family == "PGD"
+    """True for the attacks adversarial training regenerates each batch: the PGD family (PGDu,
+    PGDt) and the online known attack PGDa, which for this baseline is the same online PGD: its
+    pipeline is its own classifier (restore is the identity), so PGDa is untargeted PGD on it."""
+    return is_online(name) or ATTACKS[name].family == "PGD"
 
 
 @dataclass(frozen=True)
@@ -385,7 +391,7 @@ class AdversarialTrainingConfig:
     pgd_eps: float | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "known_attacks", _check_known_attacks(self.known_attacks))
+        object.__setattr__(self, "known_attacks", _check_known_attacks(self.known_attacks, online_allowed=True))
         _check_common(self)
         _check(isinstance(self.num_classes, int) and self.num_classes >= 2, f"num_classes must be an int >= 2, got {self.num_classes!r}")
         _check(isinstance(self.pgd_steps, int) and self.pgd_steps >= 1, f"pgd_steps must be an int >= 1, got {self.pgd_steps!r}")
@@ -404,17 +410,19 @@ class AdversarialTrainingConfig:
         )
         object.__setattr__(self, "arch_kwargs", kwargs)
 
-    def pgd_settings(self, name: str) -> dict[str, Any]:
-        """eps, eps_iter, steps, rand_init and target (None if untargeted) of online attack ``name``."""
-        params = attack_params(name, self.dataset, overrides=None if self.pgd_eps is None else {"eps": self.pgd_eps})
+    def pgd_settings(self, name: str) -> OnlinePGD:
+        """The online PGD of attack ``name`` (PGDu, PGDt, or PGDa = PGDu's settings): the
+        dataset's eps (or ``pgd_eps``), random start and target class, ``pgd_steps`` iterations."""
+        suite_name = "PGDu" if is_online(name) else name  # PGDa: untargeted PGD on the classifier
+        params = attack_params(suite_name, self.dataset, overrides=None if self.pgd_eps is None else {"eps": self.pgd_eps})
         eps = params["eps"]
-        return {
-            "eps": eps,
-            "eps_iter": params["step_factor"] * eps / self.pgd_steps,  # addd.attacks' step rule
-            "steps": self.pgd_steps,
-            "rand_init": params["rand_init"],
-            "target": params.get("target_class"),
-        }
+        return OnlinePGD(
+            eps=eps,
+            steps=self.pgd_steps,
+            step_size=params["step_factor"] * eps / self.pgd_steps,  # addd.attacks' step rule
+            rand_init=params["rand_init"],
+            target=params.get("target_class"),
+        )
 
 
 class AdversarialTraining(nn.Module):
@@ -484,7 +492,8 @@ class AdversarialTraining(nn.Module):
         x_adv = x_adv or {}
         check_training_data(x, y, x_adv, self.static_attacks, BaselineError)
         device = torch.device(cfg.device)
-        optimizer = _adam(self.classifier.to(device).parameters(), cfg.lr, device)
+        self.to(device).train()  # a model loaded or fitted before is in eval mode
+        optimizer = _adam(self.classifier.parameters(), cfg.lr, device)
         noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         run = _start_run(self, {"main": optimizer}, {"noise": noise}, resume_state)
         pgd = {name: cfg.pgd_settings(name) for name in self.online_attacks}
@@ -509,26 +518,16 @@ class AdversarialTraining(nn.Module):
             self.eval()
 
     def _adversarial_inputs(self, x_clean: torch.Tensor, y_batch: torch.Tensor, static: Sequence[torch.Tensor],
-                            pgd: Mapping[str, Mapping[str, Any]], noise: torch.Generator) -> dict[str, torch.Tensor]:
+                            pgd: Mapping[str, OnlinePGD], noise: torch.Generator) -> dict[str, torch.Tensor]:
         """``adv_<name>`` -> the batch's examples of each known attack, in the config's order:
-        online PGD against the current model (in eval mode), or the static set's batch. Leaves
-        the model in training mode."""
-        model, static_batches = self.classifier, dict(zip(self.static_attacks, static))
-        inputs = {}
-        model.eval()
-        for name in self.config.known_attacks:
-            if name in pgd:
-                s = pgd[name]
-                labels = y_batch if s["target"] is None else torch.full_like(y_batch, s["target"])
-                seed = int(torch.randint(0, 2**31 - 1, (1,), generator=noise, device=noise.device))
-                inputs[f"adv_{name}"] = pgd_linf(
-                    model, None, x_clean, labels, eps=s["eps"], step_size=s["eps_iter"], steps=s["steps"],
-                    rand_init=s["rand_init"], targeted=s["target"] is not None, seed=seed, batch_size=len(x_clean),
-                )
-            else:
-                inputs[f"adv_{name}"] = static_batches[name]
-        model.train()
-        return inputs
+        online PGD against the current model (addd.online: in eval mode, frozen, training mode
+        restored afterwards), or the static set's batch."""
+        static_batches = dict(zip(self.static_attacks, static))
+        return {
+            f"adv_{name}": pgd[name].examples(self.classifier, None, x_clean, y_batch, noise) if name in pgd
+            else static_batches[name]
+            for name in self.config.known_attacks
+        }
 
     def optimizer_state(self) -> TrainingState:
         """The optimiser's and RNGs' state of the last ``fit``, for ``fit(..., resume_state=...)``."""

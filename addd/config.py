@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
-from addd.attack_names import ATTACK_NAMES
+from addd.attack_names import KNOWN_ATTACK_NAMES, ONLINE_ATTACK_NAMES
 from addd.errors import AdddError
 
 
@@ -103,6 +103,35 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class OnlineAttackConfig:
+    """The online known attack (``PGDa``, addd.attack_names): L∞ PGD through M_t ∘ G ∘ E against
+    the current defense, generated for every training batch (addd.online). Used only when an
+    online attack is among ``known_attacks``; its fields are searchable like any other."""
+
+    eps: float | None = None  # L∞ radius: the dataset's PGD ε (addd.attacks); required with PGDa
+    steps: int = 10  # PGD iterations per batch, step size 2.5 ε / steps; a step costs ~(steps + 1)x
+    fraction: float = 1.0  # share of each batch's PGDa domain that is attacked; the rest stays clean
+
+    def __post_init__(self) -> None:
+        _check(
+            self.eps is None or (_is_number(self.eps) and 0 < self.eps <= 1),
+            f"online.eps must be in (0, 1] (the dataset's PGD ε on images in [0, 1]), got {self.eps!r}",
+        )
+        _check(
+            isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
+            f"online.steps must be an int >= 1 (PGD iterations per batch), got {self.steps!r}",
+        )
+        _check(
+            _is_number(self.fraction) and 0 < self.fraction <= 1,
+            f"online.fraction must be in (0, 1] (share of each batch attacked online), got {self.fraction!r}",
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
 class DefenseConfig:
     """Everything that defines one ADD-Defense: networks, losses, known attacks, training."""
 
@@ -110,16 +139,22 @@ class DefenseConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     known_attacks: tuple[str, ...] = ("PGDu", "PGDt")  # attacks whose examples train the defense
+    online: OnlineAttackConfig = field(default_factory=OnlineAttackConfig)  # used when PGDa is known
 
     def __post_init__(self) -> None:
         known = tuple(self.known_attacks)
         object.__setattr__(self, "known_attacks", known)
         _check(len(known) >= 1, "known_attacks must name at least one attack")
         _check(len(set(known)) == len(known), f"known_attacks has duplicates: {list(known)}")
-        unknown = [name for name in known if name not in ATTACK_NAMES]
+        unknown = [name for name in known if name not in KNOWN_ATTACK_NAMES]
         _check(
             not unknown,
-            f"unknown attack name(s) {unknown} in known_attacks; valid names: {', '.join(ATTACK_NAMES)}",
+            f"unknown attack name(s) {unknown} in known_attacks; valid names: {', '.join(KNOWN_ATTACK_NAMES)}",
+        )
+        online = [name for name in known if name in ONLINE_ATTACK_NAMES]
+        _check(
+            not online or self.online.eps is not None,
+            f"known attack(s) {online} need online.eps: set it to the dataset's PGD ε (e.g. 0.15 on digits)",
         )
 
     @property
@@ -136,7 +171,7 @@ class DefenseConfig:
         return from_flat_dict(flat)
 
 
-_SECTIONS = {"network": NetworkConfig, "loss": LossConfig, "train": TrainConfig}
+_SECTIONS = {"network": NetworkConfig, "loss": LossConfig, "train": TrainConfig, "online": OnlineAttackConfig}
 
 
 def to_flat_dict(config: DefenseConfig) -> dict[str, Any]:
@@ -202,6 +237,7 @@ __all__ = [
     "DefenseConfig",
     "LossConfig",
     "NetworkConfig",
+    "OnlineAttackConfig",
     "PAPER_LOSS_WEIGHTS",
     "TrainConfig",
     "ablation",

@@ -7,6 +7,12 @@ Training alternates, on every batch, the two min-max problems of the paper:
    L_mmd + λ1 L_g + λ2 L_p + λ3 L_c  (eq 5)  +  L_adv + θ L_mse  (eq 7)
    against the just-updated, frozen discriminators (no gradient reaches D_P or D_I).
 The domains are the original examples plus one per known attack (D_P has 1 + K classes).
+A known attack is either a cached set (examples computed once against M_t, passed to ``fit``) or
+the online attack ``PGDa``: for every batch, L∞ PGD through M_t ∘ G ∘ E of the *current*
+defense (addd.online; the defense in eval mode and frozen while attacking), replacing the share
+``online.fraction`` of that domain's batch; its domain then enters eqs (1)-(7) like a cached one
+(MMD to the original domain, its own D_P label, MSE to x_o). It costs ~(online.steps + 1) forward
+and backward passes per step and cannot be cached, since it depends on the defense's weights.
 
 At inference ``restore(x) = G(E(x))`` uses z = E's mean, so the defense is deterministic (and
 differentiable, for adaptive attacks).
@@ -22,9 +28,11 @@ import torch
 from torch import nn
 
 from addd import losses
+from addd.attack_names import is_online
 from addd.config import DefenseConfig, from_flat_dict, to_flat_dict
 from addd.errors import AdddError
 from addd.inference import frozen
+from addd.online import OnlinePGD
 from addd.networks import Encoder, Generator, ImageDiscriminator, LatentClassifier, PerturbationDiscriminator
 from addd.storage import StorageError, load_tensors, save_tensors
 from addd.training import (  # noqa: F401  (EpochCallback, EpochReport, NonFiniteLossError, TrainingState: public here too)
@@ -198,39 +206,61 @@ class ADDDefense(nn.Module):
         callback: EpochCallback | None = None,
         epochs: int | None = None,
         resume_state: TrainingState | None = None,
+        target_model: nn.Module | None = None,
     ) -> list[EpochReport]:
-        """Train on originals ``x`` (N, C, H, W), labels ``y`` (N,) and, for every known attack
-        of the config, its adversarial examples ``x_adv[name]`` paired with ``x``.
+        """Train on originals ``x`` (N, C, H, W), labels ``y`` (N,) and, for every cached known
+        attack of the config, its adversarial examples ``x_adv[name]`` paired with ``x``.
 
+        An online known attack (``PGDa``) needs no ``x_adv`` entry (one is ignored) but needs
+        ``target_model`` (M_t, moved to the training device): its examples are made per batch
+        against ``target_model(restore(x))`` of the current defense (module docstring).
         ``callback(report, defense)`` runs after each epoch (return False to stop). Raises
         NonFiniteLossError as soon as a loss is NaN/inf. ``resume_state`` (from
         :meth:`optimizer_state` after an earlier ``fit``) continues that training where it stopped:
-        same Adam moments and step counts, same shuffling and noise streams.
+        same Adam moments and step counts, same shuffling, noise and online-attack streams.
         """
         known = self.config.known_attacks
-        check_training_data(x, y, x_adv, known, DefenseError)
+        cached = tuple(name for name in known if not is_online(name))
+        check_training_data(x, y, x_adv, cached, DefenseError)
+        online = self._online_attacks(target_model)
         t = self.config.train
         device = torch.device(t.device)
         self.to(device).train()
         optimizers = self._make_optimizers()
         noise = torch.Generator(device=device).manual_seed(t.seed + 1)
-        run = TrainingRun(
-            optimizers={"main": optimizers.main, "discriminators": optimizers.discriminators},
-            generators={"shuffle": torch.Generator().manual_seed(t.seed), "noise": noise},
-        )
+        generators = {"shuffle": torch.Generator().manual_seed(t.seed), "noise": noise}
+        if online:  # only then: a state saved without online attacks has no such stream
+            generators["online"] = torch.Generator().manual_seed(t.seed + 2)
+            target_model.to(device)
+        run = TrainingRun(optimizers={"main": optimizers.main, "discriminators": optimizers.discriminators},
+                          generators=generators)
         if resume_state is not None:
             run.resume(resume_state)
         self._training = run
 
         def step(batch: list[torch.Tensor]) -> dict[str, float]:
-            x_batch, y_batch, *adversarial = batch
-            return self.training_step(optimizers, x_batch, y_batch, adversarial, noise)
+            x_batch, y_batch, *cached_batches = batch
+            by_name = dict(zip(cached, cached_batches))
+            for name, attack in online.items():  # against the defense as it is at this step
+                by_name[name] = attack.examples(target_model, self, x_batch, y_batch, generators["online"])
+            return self.training_step(optimizers, x_batch, y_batch, [by_name[name] for name in known], noise)
 
         try:
-            return run_epochs(self, [x, y, *(x_adv[name] for name in known)], step, run=run,
+            return run_epochs(self, [x, y, *(x_adv[name] for name in cached)], step, run=run,
                               batch_size=t.batch_size, epochs=epochs or t.epochs, device=device, callback=callback)
         finally:
             self.eval()
+
+    def _online_attacks(self, target_model: nn.Module | None) -> dict[str, OnlinePGD]:
+        """name -> settings of each online known attack of the config (empty if none); raises
+        DefenseError if there is one but no target model to attack through."""
+        names = [name for name in self.config.known_attacks if is_online(name)]
+        if names and not isinstance(target_model, nn.Module):
+            raise DefenseError(f"known attack {names[0]} is PGD through M_t ∘ G ∘ E, made online: "
+                               f"pass the target model, fit(..., target_model=M_t)")
+        settings = self.config.online
+        return {name: OnlinePGD.with_step_rule(settings.eps, settings.steps, fraction=settings.fraction)
+                for name in names}
 
     def optimizer_state(self) -> TrainingState:
         """The optimisers' and RNGs' state of the last ``fit`` (call it from the epoch callback

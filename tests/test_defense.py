@@ -186,3 +186,11 @@ def test_load_rejects_a_non_defense_file(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(StorageError):
         load_defense(tmp_path / "junk.safetensors")
+
+
+def test_fit_without_online_attack_saves_only_the_shuffle_and_noise_streams():
+    """States saved before the online attack existed (no rng.online) still resume these fits."""
+    x, y, adv = batch(n=16)
+    defense = ADDDefense(small_config())
+    defense.fit(x, y, {"PGDu": adv[0], "PGDt": adv[1]})
+    assert {k for k in defense.optimizer_state().tensors if k.startswith("rng.")} == {"rng.shuffle", "rng.noise"}
