@@ -86,3 +86,42 @@ def test_no_other_module_spells_the_trial_config_keys(folder):
              if path.name != "trialspec.py"
              for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
     assert not found, found
+
+
+class _FakeTracker:
+    """What sweeps.recorder and the study's child runs call on a sweeps._mlflow.Tracker."""
+
+    def __init__(self):
+        self.children: dict[str, dict] = {}
+
+    def child(self, parent_id, key, name, params, tags):
+        self.children[key] = {"parent": parent_id, "name": name, "params": params, "tags": tags}
+        return key
+
+    def find_child(self, parent_id, key):
+        return None
+
+    def log_metrics(self, run_id, metrics, step):
+        self.children[run_id]["metrics"] = (dict(metrics), step)
+
+    def finish(self, run_id, ok):
+        self.children[run_id]["ok"] = ok
+
+
+def test_the_recorder_and_the_study_record_the_child_runs_through_trialspec():
+    from sweeps.recorder import Recorder
+    from sweeps.study import Job, _log_child
+
+    tracker = _FakeTracker()
+    spec = TrialSpec.search("no_dp", FLAT)
+    Recorder(tracker, "parent").started("t1", spec.to_config())
+    run = tracker.children["t1"]
+    assert (run["parent"], run["name"], run["tags"]) == ("parent", "search-no_dp-t1", spec.tags())
+    assert run["params"] == spec.child_params() and run["params"]["loss.use_dp"] is False
+    fixed = TrialSpec.final("no_mmd", FLAT, seed=1)
+    job = Job("fixed-no_mmd", "fixed", 1, fixed.to_config(), fixed.known_attacks, build=lambda: None)
+    _log_child(tracker, "parent", job, {"metrics": {"test/worst.unknown": 0.5}})
+    study_run = tracker.children[f"study:{job.folder}"]
+    assert study_run["params"] == final_params("fixed-no_mmd", job.config, kind="fixed")
+    assert study_run["params"]["loss.use_mmd"] is False and study_run["params"]["variant"] == "fixed-no_mmd"
+    assert study_run["metrics"] == ({"test/worst.unknown": 0.5}, 3) and study_run["ok"]
