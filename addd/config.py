@@ -2,7 +2,10 @@
 
 Ray's ``param_space``, Optuna's search space and MLflow's params all want flat
 ``{"loss.lambda_prior": 1e-4, ...}`` dicts; :func:`to_flat_dict` / :func:`from_flat_dict`
-are the only place that conversion happens.
+are the only place that conversion happens. A flat dict (a search space's categorical, a
+``--set`` value) may spell the known attacks as one string ``"PGDu+PGDt"``: :func:`pair_name`
+and :func:`pair_attacks` are that spelling's only writer and parser (``sweeps.trialspec``
+re-exports them).
 """
 
 from __future__ import annotations
@@ -17,6 +20,19 @@ from addd.errors import AdddError
 
 class ConfigError(AdddError):
     """A configuration value is invalid; the message says which and what to do."""
+
+
+PAIR_SEP = "+"
+
+
+def pair_name(attacks: Sequence[str]) -> str:
+    """The one-string spelling of a known-attack choice: ``("PGDu", "PGDt") -> "PGDu+PGDt"``."""
+    return PAIR_SEP.join(attacks)
+
+
+def pair_attacks(name: str) -> tuple[str, ...]:
+    """Inverse of :func:`pair_name`: ``"PGDu+PGDt" -> ("PGDu", "PGDt")``."""
+    return tuple(a for a in str(name).split(PAIR_SEP) if a)
 
 
 def _check(condition: bool, message: str) -> None:
@@ -149,7 +165,8 @@ class DefenseConfig:
         unknown = [name for name in known if name not in KNOWN_ATTACK_NAMES]
         _check(
             not unknown,
-            f"unknown attack name(s) {unknown} in known_attacks; valid names: {', '.join(KNOWN_ATTACK_NAMES)}",
+            f"unknown attack name(s) {unknown} in known_attacks; valid names: {', '.join(KNOWN_ATTACK_NAMES)} "
+            f"(several: {pair_name(('PGDu', 'PGDt'))} or a JSON list)",
         )
         online = [name for name in known if name in ONLINE_ATTACK_NAMES]
         _check(
@@ -186,7 +203,8 @@ def to_flat_dict(config: DefenseConfig) -> dict[str, Any]:
 
 
 def from_flat_dict(flat: Mapping[str, Any]) -> DefenseConfig:
-    """Inverse of :func:`to_flat_dict`; missing keys take their defaults, unknown keys fail."""
+    """Inverse of :func:`to_flat_dict`; missing keys take their defaults, unknown keys fail.
+    ``known_attacks`` may be a list or one :func:`pair_name` string (``"PGDu+PGDt"``)."""
     grouped: dict[str, dict[str, Any]] = {section: {} for section in _SECTIONS}
     known_attacks: Any = None
     for key, value in flat.items():
@@ -201,9 +219,7 @@ def from_flat_dict(flat: Mapping[str, Any]) -> DefenseConfig:
         grouped[section][name] = value
     kwargs: dict[str, Any] = {s: _SECTIONS[s](**grouped[s]) for s in _SECTIONS}
     if known_attacks is not None:
-        if isinstance(known_attacks, str):
-            known_attacks = tuple(a for a in known_attacks.replace("+", ",").split(",") if a)
-        kwargs["known_attacks"] = tuple(known_attacks)
+        kwargs["known_attacks"] = pair_attacks(known_attacks) if isinstance(known_attacks, str) else tuple(known_attacks)
     return DefenseConfig(**kwargs)
 
 
@@ -242,5 +258,7 @@ __all__ = [
     "TrainConfig",
     "ablation",
     "from_flat_dict",
+    "pair_attacks",
+    "pair_name",
     "to_flat_dict",
 ]

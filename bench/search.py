@@ -72,14 +72,12 @@ def prepare(space, cache_dir: Path, threads: int):
                         holdout_attacks=tuple(space.holdout_attacks), threads=threads, events_path=None)
 
 
-def train_trial(flat: dict, ctx, keep_going) -> tuple[float | None, int, float | None]:
-    """Train one config; ``keep_going(epoch, objective) -> bool`` after each epoch. Returns
-    (objective if it ran to max_t else None, epochs trained, last value)."""
+def train_trial(spec, ctx, keep_going) -> tuple[float | None, int, float | None]:
+    """Train one trial (a :class:`sweeps.trialspec.TrialSpec`); ``keep_going(epoch, objective) -> bool``
+    after each epoch. Returns (objective if it ran to max_t else None, epochs trained, last value)."""
     from addd.defense import ADDDefense, NonFiniteLossError
     from sweeps.trial import evaluate_split
-    from sweeps.trialspec import TrialSpec
 
-    spec = TrialSpec.parse({"phase": "search", "variant": "full", **flat})
     cfg = spec.defense_config()
     state = {"epochs": 0, "value": None, "stopped": False}
 
@@ -104,6 +102,7 @@ def run_tpe_asha(space, ctx, trials: int, seed: int, url: str) -> list[tuple[int
     """[(cumulative trial-epochs, objective or None if stopped)] per trial, in order."""
     from sweeps import _optuna
     from sweeps.schedule import build_schedule
+    from sweeps.trialspec import TrialSpec
 
     asha = space.asha()
     rungs = []
@@ -134,8 +133,7 @@ def run_tpe_asha(space, ctx, trials: int, seed: int, url: str) -> list[tuple[int
                 return value >= cutoff
             return True
 
-        objective, epochs, last = train_trial({k: v for k, v in config.items() if k not in ("phase", "variant")}, ctx,
-                                              keep_going)
+        objective, epochs, last = train_trial(TrialSpec.parse(config), ctx, keep_going)
         spent += epochs
         # a stopped trial reports its last value at an epoch < max_t: the schedule tells TPE it was pruned
         schedule.on_trial_complete(trial_id, {"objective": last if last is not None else float("nan"), "epoch": epochs})
@@ -148,6 +146,7 @@ def run_random(space, ctx, trials: int, seed: int, url: str) -> list[tuple[int, 
     import optuna
 
     from sweeps._optuna import _distribution
+    from sweeps.trialspec import TrialSpec
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search = space.variant_search("full")
@@ -160,7 +159,7 @@ def run_random(space, ctx, trials: int, seed: int, url: str) -> list[tuple[int, 
     out, spent = [], 0
     for i in range(trials):
         trial = study.ask({k: _distribution(d) for k, d in search.items()})
-        objective, epochs, _ = train_trial({**constants, **trial.params}, ctx, lambda e, v: True)
+        objective, epochs, _ = train_trial(TrialSpec.search("full", {**constants, **trial.params}), ctx, lambda e, v: True)
         spent += epochs
         study.tell(trial, objective if objective is not None else float("nan"))
         out.append((spent, objective))

@@ -29,9 +29,8 @@ class Recorder:
     def _run(self, trial_id: str, config: dict[str, Any]) -> str:
         if trial_id not in self.runs:
             spec = TrialSpec.parse(config)
-            tags = {"phase": spec.phase, "variant": spec.variant}
             self.runs[trial_id] = self.tracker.child(
-                self.parent_id, trial_id, f"{spec.phase}-{spec.variant}-{trial_id}", spec.params(), tags
+                self.parent_id, trial_id, spec.run_name(trial_id), spec.child_params(), spec.tags()
             )
         return self.runs[trial_id]
 

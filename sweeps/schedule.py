@@ -81,7 +81,7 @@ class SweepSchedule:
             params = v.searcher.suggest(trial_id)
             if params is not None:
                 v.suggested += 1
-                return TrialSpec.parse({"phase": SEARCH, "variant": v.variant, **v.constants, **params})
+                return TrialSpec.search(v.variant, {**v.constants, **params})
         for v in self.variants:
             if v.search_done and v.finals < v.seeds:
                 if v.best_spec is None:

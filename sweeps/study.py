@@ -462,8 +462,9 @@ def _log_child(tracker, parent_run_id: str, job: Job, record: Mapping[str, Any])
     found = tracker.find_child(parent_run_id, key)
     if found is not None and found[1] == "FINISHED":
         return
-    params = {"phase": "final", "variant": job.name, "kind": job.kind, **{k: v for k, v in job.config.items()
-                                                                         if k not in ("phase", "variant")}}
+    from sweeps.trialspec import final_params
+
+    params = final_params(job.name, job.config, kind=job.kind)  # the config that ran: a fixed ablation applied
     run_id = tracker.child(parent_run_id, key, job.folder, params, {"addd.study": job.kind})
     tracker.log_metrics(run_id, record["metrics"], step=int(job.config.get("train.epochs", 0) or 0))
     tracker.finish(run_id, ok=True)
@@ -580,7 +581,7 @@ def _train_given(args: argparse.Namespace, summary: dict[str, Any], cfg, flat: M
     full["search"] = {"trials": 0, "best_val_objective": None, "note": f"given config {args.config}, no search"}
     summary["variants"] = {"full": full}
     best = max(records, key=lambda r: r["metrics"].get(OBJECTIVE, float("-inf")))
-    summary["best"] = {"variant": "full", "seed": best["seed"], "val_objective": best["metrics"].get(OBJECTIVE)}
+    summary["best"] = TrialSpec.parse(best["config"]).best_entry(best["metrics"].get(OBJECTIVE))
     summary["timings_seconds"] = {"full": time.perf_counter() - start}
 
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from addd import figures
 from addd.figures import legend
-from sweeps.trialspec import EPOCH, TrialOutcome, is_finite
+from sweeps.trialspec import EPOCH, TrialOutcome, is_finite, ran_config
 
 # the figures computed on the validation split only (the search's probe): summary["..."]["val"]
 VAL_FIGURES: tuple[str, ...] = (figures.PROBE, figures.WORST_WITH_PROBE)
@@ -96,7 +96,8 @@ def build_summary(
     best_artifact: str,
 ) -> dict[str, Any]:
     """``header`` (space, hashes, splits, plan) + per variant: its search (complete, stopped-early
-    and failed trials; the best complete one), the best config, and per seed re-run the test
+    and failed trials; the best complete one), the best config (:func:`config_entry`: as recorded
+    and as it trained; the seed re-runs differ from it only in ``train.seed``), and per seed re-run the test
     figures of both threat models, with mean, std and 95% interval over seeds. ``best`` is the
     final run with the highest validation objective (its checkpoint is ``best_artifact``), or
     None with the reason."""
@@ -118,7 +119,7 @@ def build_summary(
         ]
         variants[variant] = {
             "search": search_entry,
-            "best_config": best.spec.to_config() if best else None,
+            **config_entry(best.spec.to_config() if best else None),
             "seeds": per_seed,
             "test": over_seeds(per_seed, "test"),
             "adaptive": over_seeds(per_seed, "adaptive"),
@@ -128,16 +129,14 @@ def build_summary(
     best_run = max(finalists, key=lambda o: o.objective) if finalists else None
     best: dict[str, Any] | None = None
     if best_run is not None:
-        best = {
-            "variant": best_run.spec.variant,
-            "seed": best_run.spec.seed,
-            "trial_id": best_run.trial_id,
-            "val_objective": best_run.objective,
-            "test": prefixed(best_run.metrics, "test"),
-            "adaptive": prefixed(best_run.metrics, "adaptive"),
-            "val": val_figures(best_run.metrics),
-            "artifact": best_artifact,
-        }
+        best = best_run.spec.best_entry(
+            best_run.objective,
+            trial_id=best_run.trial_id,
+            test=prefixed(best_run.metrics, "test"),
+            adaptive=prefixed(best_run.metrics, "adaptive"),
+            val=val_figures(best_run.metrics),
+            artifact=best_artifact,
+        )
     return {
         "format": FORMAT,
         **header,
@@ -158,6 +157,17 @@ def val_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
         if fig.trial_key() in metrics:
             out[fig.key] = metrics[fig.trial_key()]
     return out
+
+
+def config_entry(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The config keys of a summary entry (a variant's, a study's fixed ablation's or baseline's):
+    ``best_config``, the config as recorded (a trial config as Ray carried it: phase, variant, the
+    pair as one string); ``ran_config``, the flat config that trained (the variant's ablation
+    applied, known attacks as a list; a baseline's settings as given); ``known_attacks``, a list.
+    All three None without a config. Readers display ``ran_config`` and ``known_attacks``."""
+    ran = ran_config(config)
+    return {"best_config": None if config is None else dict(config), "ran_config": ran,
+            "known_attacks": None if ran is None else list(ran.get("known_attacks", []))}
 
 
 def over_seeds(per_seed: Sequence[Mapping[str, Any]], key: str) -> dict[str, Any]:

@@ -4,12 +4,17 @@ A trial's config, as Ray Tune carries it, is a flat dict::
 
     {"phase": "search" | "final", "variant": "<ablation>", "known_attacks": "PGDu+PGDt", <flat DefenseConfig keys>...}
 
-Only this module writes or reads the ``phase``/``variant`` keys and the ``"A+B"`` spelling of a
-known-attack pair (a categorical search value must be a plain string). Everyone else goes
-through :class:`TrialSpec` (parse once, at the edge, then typed values) and :class:`TrialOutcome`.
+Only this module writes or reads the ``phase``/``variant`` keys: trial configs are made by
+:meth:`TrialSpec.search`, :meth:`TrialSpec.final` and :meth:`TrialSpec.rerun`, read by
+:meth:`TrialSpec.parse` (once, at the edge; then typed values), and recorded through
+:meth:`TrialSpec.tags`, :meth:`TrialSpec.child_params`, :meth:`TrialSpec.ran_config`,
+:meth:`TrialSpec.best_entry` and :func:`final_params` (MLflow child runs, summary.json). The
+``"A+B"`` spelling of a known-attack pair (a categorical search value must be a plain string)
+has one writer and one parser, :func:`addd.config.pair_name` / :func:`addd.config.pair_attacks`,
+re-exported here. :class:`TrialOutcome` is a trial after tuning.
 
 No Ray, Optuna, MLflow or torch imports: the summary, the schedule and the report read trial
-results with this module alone.
+results with this module (and the pure ``addd.config``) alone.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Protocol, Sequence
+from typing import Any, Iterator, Mapping, Protocol
+
+from addd.config import ablation, from_flat_dict, pair_attacks, pair_name, to_flat_dict
 
 SEARCH, FINAL = "search", "final"
 PHASES = (SEARCH, FINAL)
@@ -26,17 +33,10 @@ OBJECTIVE = "objective"  # = val/worst.unknown: what Optuna maximises and ASHA c
 EPOCH = "epoch"  # the training epoch a result was reported after (1-based)
 FAILURE = "failure"  # result key: why a trial ended without a result (e.g. a non-finite loss)
 _PHASE, _VARIANT, _KNOWN = "phase", "variant", "known_attacks"
-_PAIR_SEP = "+"
 
-
-def pair_name(attacks: Sequence[str]) -> str:
-    """The search-space spelling of a known-attack choice: ``("PGDu", "PGDt") -> "PGDu+PGDt"``."""
-    return _PAIR_SEP.join(attacks)
-
-
-def pair_attacks(name: str) -> tuple[str, ...]:
-    """Inverse of :func:`pair_name`."""
-    return tuple(a for a in str(name).split(_PAIR_SEP) if a)
+__all__ = ["EPOCH", "FAILURE", "FINAL", "OBJECTIVE", "PHASES", "SEARCH", "CheckpointRef", "LocalCheckpoint",
+           "TrialOutcome", "TrialSpec", "ended_early", "final_params", "is_finite", "is_trial_config",
+           "pair_attacks", "pair_name", "ran_config", "search_group"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,16 @@ class TrialSpec:
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
             raise ValueError(f"trial phase {self.phase!r}; valid: {', '.join(PHASES)}")
+
+    @classmethod
+    def search(cls, variant: str, flat: Mapping[str, Any]) -> "TrialSpec":
+        """A search trial of ``variant`` on the flat config ``flat`` (the pair as a string or a sequence)."""
+        return cls.parse({**flat, _PHASE: SEARCH, _VARIANT: variant})
+
+    @classmethod
+    def final(cls, variant: str, flat: Mapping[str, Any], seed: int) -> "TrialSpec":
+        """A final (seed re-run) trial of ``variant`` on ``flat``, trained with ``train.seed = seed``."""
+        return cls.parse({**flat, "train.seed": seed, _PHASE: FINAL, _VARIANT: variant})
 
     @classmethod
     def parse(cls, config: Mapping[str, Any]) -> "TrialSpec":
@@ -69,16 +79,28 @@ class TrialSpec:
             flat[_KNOWN] = pair_name(flat[_KNOWN])
         return {_PHASE: self.phase, _VARIANT: self.variant, **flat}
 
-    def params(self) -> dict[str, Any]:
-        """What MLflow records: phase, variant and every flat config value."""
-        from addd.config import to_flat_dict
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags of this trial's child run: its phase and variant."""
+        return {_PHASE: self.phase, _VARIANT: self.variant}
 
-        return {_PHASE: self.phase, _VARIANT: self.variant, **to_flat_dict(self.defense_config())}
+    def run_name(self, trial_id: str) -> str:
+        """The MLflow child run's name: ``<phase>-<variant>-<trial id>``."""
+        return f"{self.phase}-{self.variant}-{trial_id}"
+
+    def child_params(self) -> dict[str, Any]:
+        """What MLflow records as the child run's params: phase, variant and the config that ran."""
+        return {**self.tags(), **self.ran_config()}
+
+    def ran_config(self) -> dict[str, Any]:
+        """The flat DefenseConfig that trained (the variant's ablation applied, known attacks as a list)."""
+        return to_flat_dict(self.defense_config())
+
+    def best_entry(self, val_objective: float | None, **more: Any) -> dict[str, Any]:
+        """summary.json's ``best``: this final's variant and seed, its validation objective, then ``more``."""
+        return {_VARIANT: self.variant, "seed": self.seed, "val_objective": val_objective, **more}
 
     def defense_config(self):
         """The typed :class:`addd.config.DefenseConfig` of this trial, the variant's ablation applied."""
-        from addd.config import ablation, from_flat_dict
-
         return ablation(from_flat_dict(dict(self.flat)), self.variant)
 
     @property
@@ -96,7 +118,34 @@ class TrialSpec:
 
     def rerun(self, seed: int) -> "TrialSpec":
         """This config as a final (seed re-run) trial."""
-        return TrialSpec(FINAL, self.variant, {**self.flat, "train.seed": seed})
+        return TrialSpec.final(self.variant, self.flat, seed)
+
+
+def is_trial_config(config: Mapping[str, Any]) -> bool:
+    """Whether ``config`` is a trial config (it has a phase and a variant), not, e.g., a baseline's settings."""
+    return _PHASE in config and _VARIANT in config
+
+
+def ran_config(config: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The flat config that ran from a recorded config: a trial config's :meth:`TrialSpec.ran_config`;
+    other settings (a study baseline's) as given, known attacks as a list; None for None."""
+    if config is None:
+        return None
+    if is_trial_config(config):
+        return TrialSpec.parse(config).ran_config()
+    out = dict(config)
+    if isinstance(out.get(_KNOWN), str):
+        out[_KNOWN] = list(pair_attacks(out[_KNOWN]))
+    elif _KNOWN in out:
+        out[_KNOWN] = list(out[_KNOWN])
+    return out
+
+
+def final_params(name: str, config: Mapping[str, Any], **more: Any) -> dict[str, Any]:
+    """MLflow params of a final that is not a sweep trial (a study's fixed ablation or baseline):
+    phase final, variant ``name``, ``more`` (e.g. its kind), then :func:`ran_config` of ``config``."""
+    return {_PHASE: FINAL, _VARIANT: name, **more, **{k: v for k, v in ran_config(config).items()
+                                                     if k not in (_PHASE, _VARIANT)}}
 
 
 def ended_early(spec: TrialSpec, result: Mapping[str, Any]) -> bool:

@@ -1,5 +1,10 @@
 """Every row of the README's "Bad input" table: one `error:` line naming the fix, a non-zero
-exit, no traceback, and nothing written (no run folder, no cache, nothing new in the cwd)."""
+exit, no traceback, and nothing written (no run folder, no cache, nothing new in the cwd).
+
+Each row runs the real command in a subprocess (slow: a Python start and the imports each);
+the rows that fail before the sweep loads anything are also checked in this process (fast):
+the command line's own checks (``make_plan`` and ``preflight``) raise the error the
+``error:`` line prints."""
 
 from __future__ import annotations
 
@@ -58,22 +63,72 @@ CASES = {
 }
 
 
+def _plan_error(argv: list[str], cwd: Path, capsys) -> str:
+    """In this process: what ``python sweeps/run.py ARGV`` reports before it loads anything, the
+    message of the project error (or of argparse's exit) the parser, make_plan or preflight raise.
+    Nothing may be written under ``cwd``."""
+    from addd.errors import AdddError
+    from sweeps.run import build_parser, make_plan, preflight
+
+    before = _tree(cwd)
+    try:
+        preflight(make_plan(build_parser().parse_args(argv)))
+    except AdddError as exc:
+        message = " ".join(str(exc).split())
+    except SystemExit as exc:  # argparse: usage and one "error:" line on stderr, exit 2
+        assert exc.code == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+        assert len(errors) == 1, errors
+        message = errors[0]
+    else:
+        pytest.fail(f"{argv} raised nothing")
+    assert _tree(cwd) == before, sorted(_tree(cwd) - before)  # nothing written
+    return message
+
+
+FAST_CASES = {
+    **CASES,
+    "unreachable --tracking-uri": (SMOKE + ["--tracking-uri", f"http://127.0.0.1:{closed_port()}"], "is not reachable"),
+    "unreachable --address": (SMOKE + ["--address", f"127.0.0.1:{closed_port()}"], "no Ray cluster answers"),
+    "--resume with nothing to resume": (SMOKE + ["--resume"], "nothing to resume"),
+}
+
+
+@pytest.mark.parametrize("name", list(FAST_CASES))
+def test_bad_arguments_in_process(tmp_path, capsys, name):
+    args, match = FAST_CASES[name]
+    assert match in _plan_error(args + _run_args(tmp_path), tmp_path, capsys)
+
+
+def test_resume_on_a_folder_that_is_not_a_sweep_in_process(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("hello")
+    args = SMOKE + _run_args(tmp_path) + ["--resume"]
+    assert "is not a sweep's run folder" in _plan_error(args, tmp_path, capsys)
+    (tmp_path / "run" / "sweep.json").write_text("{ not json")
+    assert "is not a sweep's state file" in _plan_error(args, tmp_path, capsys)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_arguments(tmp_path, name):
     args, match = CASES[name]
     _fails_cleanly(RUN + args + _run_args(tmp_path), tmp_path, match)
 
 
+@pytest.mark.slow
 def test_unreachable_tracking_uri_fails_before_ray(tmp_path):
     uri = f"http://127.0.0.1:{closed_port()}"
     _fails_cleanly(RUN + SMOKE + _run_args(tmp_path) + ["--tracking-uri", uri], tmp_path, "is not reachable")
 
 
+@pytest.mark.slow
 def test_unreachable_ray_address(tmp_path):
     address = f"127.0.0.1:{closed_port()}"
     _fails_cleanly(RUN + SMOKE + _run_args(tmp_path) + ["--address", address], tmp_path, "no Ray cluster answers")
 
 
+@pytest.mark.slow
 def test_address_auto_without_a_running_ray(tmp_path):
     import os
 
@@ -81,10 +136,12 @@ def test_address_auto_without_a_running_ray(tmp_path):
     _fails_cleanly(RUN + SMOKE + _run_args(tmp_path) + ["--address", "auto"], tmp_path, "found no running Ray", env)
 
 
+@pytest.mark.slow
 def test_resume_with_nothing_to_resume(tmp_path):
     _fails_cleanly(RUN + SMOKE + _run_args(tmp_path) + ["--resume"], tmp_path, "nothing to resume")
 
 
+@pytest.mark.slow
 def test_resume_on_a_folder_that_is_not_a_sweep(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("hello")
@@ -105,22 +162,26 @@ def read_only_dir(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
+@pytest.mark.slow
 def test_read_only_run_folder(tmp_path, read_only_dir):
     args = ["--run-dir", str(read_only_dir / "run"), "--cache-dir", str(tmp_path / "cache")]
     _fails_cleanly(RUN + SMOKE + args, tmp_path, "cannot write --run-dir")
 
 
+@pytest.mark.slow
 def test_read_only_cache_dir(tmp_path, read_only_dir):
     args = ["--run-dir", str(tmp_path / "run"), "--cache-dir", str(read_only_dir / "cache")]
     _fails_cleanly(RUN + SMOKE + args, tmp_path, "cannot write --cache-dir")
 
 
+@pytest.mark.slow
 def test_missing_dataset_files(tmp_path):
     (tmp_path / "data").mkdir()
     args = ["--space", "svhn_ablation", "--smoke", "--data-root", str(tmp_path / "data")] + _run_args(tmp_path)
     _fails_cleanly(RUN + args, tmp_path, "--download")
 
 
+@pytest.mark.slow
 def test_corrupt_dataset_files(tmp_path):
     folder = tmp_path / "data" / "svhn"
     folder.mkdir(parents=True)
@@ -131,6 +192,7 @@ def test_corrupt_dataset_files(tmp_path):
         _fails_cleanly(RUN + args, tmp_path, "train_32x32.mat is not an SVHN .mat file")
 
 
+@pytest.mark.slow
 def test_target_model_of_another_architecture(tmp_path):
     import torch
 
