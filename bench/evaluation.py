@@ -114,8 +114,10 @@ def _counts(run_dir: Path, summary) -> dict[str, int]:
     (the sweep's and the study's: 3 seeds x (5 variants + 4 fixed ablations + 3 baselines))."""
     events = run_dir / "events.jsonl"
     lines = [json.loads(line) for line in events.read_text().splitlines()] if events.exists() else []
-    phase = {e["trial_id"]: e["phase"] for e in lines if e["event"] == "start"}
-    search_epochs = sum(1 for e in lines if e["event"] == "epoch" and phase.get(e["trial_id"]) == "search")
+    from sweeps.trialspec import PHASE_KEY, SEARCH
+
+    phase = {e["trial_id"]: e[PHASE_KEY] for e in lines if e["event"] == "start"}
+    search_epochs = sum(1 for e in lines if e["event"] == "epoch" and phase.get(e["trial_id"]) == SEARCH)
     seeds = len(summary["variants"]["full"].get("seeds", [])) or 1
     finals = seeds * (len(summary["variants"]) + 4 + 3)
     return {"val evaluation": search_epochs + finals, "test evaluation": finals, "curve": finals // seeds}

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from addd import figures
 from addd.figures import WORST_UNKNOWN, figure
 from addd.runfolder import BEST_DIR, FINAL_FILES, REPORT_DIR, RunFolder
 from sweeps.plan import Plan, SweepError

@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from addd.runfolder import METRICS_FILE, RunFolder
 from sweeps.trial import SECONDS_PREFIX
+from sweeps.trialspec import PHASE_KEY
 
 
 def _add_attack_seconds(into: dict[str, float], metrics: Mapping[str, Any]) -> None:
@@ -33,7 +34,7 @@ def phase_compute(events: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, fl
     phase_of, out = {}, defaultdict(lambda: {"trials": 0, "compute_seconds": 0.0})
     for event in events:
         if event.get("event") == "start" and event["trial_id"] not in phase_of:
-            phase_of[event["trial_id"]] = event.get("phase", "unknown")
+            phase_of[event["trial_id"]] = event.get(PHASE_KEY, "unknown")
             out[phase_of[event["trial_id"]]]["trials"] += 1
         elif event.get("event") == "epoch":
             entry = out[phase_of.get(event["trial_id"], "unknown")]

@@ -29,7 +29,6 @@ from torch import nn
 
 from addd import figures
 from addd.advcache import AdvSet
-from addd import figures
 from addd.errors import AdddError
 from addd.evaluate import ReferencePredictions, evaluate, reference_predictions
 from addd.runfolder import CURVE_FILE, DEFENSE_FILE, IMAGES_FILE, PER_EXAMPLE_FILE

@@ -33,6 +33,7 @@ OBJECTIVE = "objective"  # = val/worst.unknown: what Optuna maximises and ASHA c
 EPOCH = "epoch"  # the training epoch a result was reported after (1-based)
 FAILURE = "failure"  # result key: why a trial ended without a result (e.g. a non-finite loss)
 _PHASE, _VARIANT, _KNOWN = "phase", "variant", "known_attacks"
+PHASE_KEY = _PHASE  # the events log (events.jsonl) names a trial's phase with the same key
 
 __all__ = ["EPOCH", "FAILURE", "FINAL", "OBJECTIVE", "PHASES", "SEARCH", "CheckpointRef", "LocalCheckpoint",
            "TrialOutcome", "TrialSpec", "ended_early", "final_params", "is_finite", "is_trial_config",
