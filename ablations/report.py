@@ -42,10 +42,8 @@ def all_defenses(summary: Mapping[str, Any]) -> dict[str, tuple[str, Mapping[str
 
 
 def known_attacks(entry: Mapping[str, Any]) -> tuple[str, ...]:
-    known = entry.get("known_attacks")
-    if known is None:
-        known = (entry.get("best_config") or {}).get("known_attacks", ())
-    return tuple(a for a in known.split("+") if a) if isinstance(known, str) else tuple(known or ())
+    """The known attacks a defense trained on, as summary.json records them (a list)."""
+    return tuple(entry.get("known_attacks") or ())
 
 
 def accuracy_table(summary: Mapping[str, Any]) -> pd.DataFrame:
@@ -225,15 +223,7 @@ def _config_rows(summary: Mapping[str, Any]) -> pd.DataFrame:
             "train.batch_size", "train.lr", "baseline", "apegan.mse_weight")
     rows = []
     for name, (kind, entry) in all_defenses(summary).items():
-        config = dict(entry.get("best_config") or {})
-        if kind == "fixed":
-            from addd.config import ablation, from_flat_dict, to_flat_dict
-
-            flat = {k: v for k, v in config.items() if k not in ("phase", "variant")}
-            try:
-                config = {**config, **to_flat_dict(ablation(from_flat_dict(flat), config.get("variant", "full")))}
-            except (ValueError, KeyError):
-                pass
+        config = entry.get("ran_config") or {}  # the config that trained (the ablation applied), as recorded
         rows.append({"defense": name, "kind": kind, **{k: _short(config.get(k)) for k in keys}})
     frame = pd.DataFrame(rows)
     return frame.loc[:, [c for c in frame.columns if frame[c].astype(str).ne("—").any() or c in ("defense", "kind")]]

@@ -68,8 +68,7 @@ def _cell(stats: Mapping[str, Any] | None) -> str:
 
 def _known_attacks(summary: Mapping[str, Any], defense: str) -> tuple[str, ...]:
     entry = _entry(summary, defense) or {}
-    known = entry.get("known_attacks") or (entry.get("best_config") or {}).get("known_attacks") or ()
-    return tuple(a for a in known.split("+") if a) if isinstance(known, str) else tuple(known)
+    return tuple(entry.get("known_attacks") or ())  # recorded as a list (sweeps.summary.config_entry)
 
 
 def _oblivious_words(claim: PaperClaim, stats: Mapping[str, Any]) -> str:

@@ -243,14 +243,13 @@ def _add_defense(spec):
 # ----------------------------------------------------------------------------- summary sections
 def entry(records: list[dict[str, Any]], kind: str, note: str) -> dict[str, Any]:
     """A summary entry shaped like summary["variants"][v]: config, per seed figures, stats over seeds."""
-    from sweeps.summary import over_seeds, prefixed
+    from sweeps.summary import config_entry, over_seeds, prefixed
     from sweeps.trialspec import OBJECTIVE
 
     per_seed = [{"seed": r["seed"], "trial_id": f"study:{r['name']}-seed{r['seed']}", "val_objective": r["metrics"].get(OBJECTIVE),
                  "error": None, "test": prefixed(r["metrics"], "test"), "adaptive": prefixed(r["metrics"], "adaptive")}
                 for r in sorted(records, key=lambda r: r["seed"])]
-    return {"search": {"kind": kind, "note": note}, "best_config": records[0]["config"] if records else None,
-            "known_attacks": records[0]["known_attacks"] if records else None,
+    return {"search": {"kind": kind, "note": note}, **config_entry(records[0]["config"] if records else None),
             "seeds": per_seed, "test": over_seeds(per_seed, "test"), "adaptive": over_seeds(per_seed, "adaptive")}
 
 

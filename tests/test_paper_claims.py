@@ -37,6 +37,7 @@ def _summary(dataset: str = "mnist5k", known: str = "PGDu+PGDt") -> dict:
         "attack_budget": 1.0,
         "target_model": {"arch": "lenet", "clean_test_accuracy": 0.985},
         "variants": {"full": {"best_config": {"known_attacks": known, "network.width": 0.0625, "train.epochs": 8},
+                              "known_attacks": known.split("+"),  # as sweeps.summary.config_entry records it
                               "test": full_test,
                               "adaptive": {"aa_linf": _stats([0.0, 0.01, 0.0]), "pgd_worst": _stats([0.0, 0.0, 0.0])}}},
         "baselines": {"ape_gan": {"known_attacks": ["PGDu", "PGDt"], "test": {"acc.reconstruction": _stats([0.98])}}},

@@ -105,3 +105,14 @@ def test_search_table_shows_the_best_trials_adaptive_probe_beside_its_objective(
     assert pd.isna(table.loc["no_dp", header])  # a variant without a probe shows none, not a made-up value
     build_report(summary, tmp_path)
     assert header in (tmp_path / "report.md").read_text()
+
+
+def test_config_table_shows_the_config_that_ran_not_a_reapplied_ablation(tmp_path):
+    from ablations.report import _config_rows
+
+    summary = _summary()
+    summary["fixed"]["no_dp"]["ran_config"] = {"loss.use_dp": False, "known_attacks": ["PGDu", "PGDt"]}
+    summary["variants"]["full"]["ran_config"] = {"loss.use_dp": True, "known_attacks": ["PGDu", "PGDt"]}
+    rows = _config_rows(summary).set_index("defense")
+    assert rows.loc["fixed-no_dp", "loss.use_dp"] == "False" and rows.loc["full", "loss.use_dp"] == "True"
+    assert rows.loc["full", "known_attacks"] == "PGDu+PGDt"
