@@ -190,7 +190,8 @@ def per_attack_overview(summary: Mapping[str, Any]) -> pd.DataFrame:
                 " *" if attack in known else "")
             adaptive = F.adaptive_beside(attack)
             if adaptive and attack != "PGDt":  # PGDt's adaptive figure is PGDu's, shown once
-                row[f"{adaptive.key}{_eps(attack, dataset)} adaptive"] = fmt(_figure(entry, adaptive))
+                row[f"{adaptive.key}{_eps(attack, dataset)} adaptive"] = fmt(_figure(entry, adaptive)) + (
+                    " *" if adaptive.name in F.known_adaptive(known) else "")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -206,15 +207,20 @@ def defense_table(summary: Mapping[str, Any], entry: Mapping[str, Any]) -> pd.Da
             "attack (* known)": _attack_label(attack, known) + _eps(attack, dataset),
             "undefended: white-box on M_t": fmt(_figure(entry, F.undefended(attack))),
             "oblivious: on M_t, then defended": fmt(_figure(entry, F.defended(attack)), ci=True),
-            "adaptive: on the whole pipeline, same ε": (f"{adaptive.key}: {fmt(_figure(entry, adaptive), ci=True)}"
-                                                        if adaptive else "—"),
+            "adaptive: on the whole pipeline, same ε": (f"{_adaptive_label(adaptive, known)}: "
+                                                        f"{fmt(_figure(entry, adaptive), ci=True)}" if adaptive else "—"),
         })
     for fig in map(F.figure, F.ADAPTIVE_ALONE):
         if _figure(entry, fig):
-            rows.append({"attack (* known)": fig.key + _eps(fig.oblivious_attack, dataset),
+            rows.append({"attack (* known)": _adaptive_label(fig, known) + _eps(fig.oblivious_attack, dataset),
                          "undefended: white-box on M_t": "—", "oblivious: on M_t, then defended": "—",
                          "adaptive: on the whole pipeline, same ε": fmt(_figure(entry, fig), ci=True)})
     return pd.DataFrame(rows)
+
+
+def _adaptive_label(fig: F.Figure, known: tuple[str, ...]) -> str:
+    """An adaptive figure's short name, ``*`` when the defense trained on its attack (online PGDa)."""
+    return f"{fig.key}*" if fig.name in F.known_adaptive(known) else fig.key
 
 
 def _config_rows(summary: Mapping[str, Any]) -> pd.DataFrame:

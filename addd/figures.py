@@ -226,6 +226,20 @@ def register(fig: Figure) -> Figure:
     return fig
 
 
+# an online known attack (addd.attack_names) -> the adaptive figures it makes *known* to a defense
+# trained on it: PGDa is CE-loss PGD through M_t∘G∘E, so the CE run and the CE+margin worst case
+# (and the search's probe) are no longer attacks the defense never saw; margin-only PGD, AutoAttack
+# and BPDA stay unknown.
+_TRAINED_ADAPTIVE: dict[str, tuple[str, ...]] = {
+    "PGDa": ("adaptive.pgd_worst", "adaptive.pgd_ce", PROBE, WORST_WITH_PROBE),
+}
+
+
+def known_adaptive(known_attacks) -> frozenset[str]:
+    """The adaptive figures a defense trained on ``known_attacks`` has seen its attack of (marked ``*``)."""
+    return frozenset(name for attack in known_attacks for name in _TRAINED_ADAPTIVE.get(attack, ()))
+
+
 def legend() -> dict[str, str]:
     """What each family of figures means, keyed by name pattern (summary.json's ``threat_models``)."""
     return {

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from addd.attack_names import ATTACK_KINDS, ATTACK_NAMES
+from addd.attack_names import ATTACK_KINDS, ATTACK_NAMES, KNOWN_ATTACK_NAMES, is_online
 from addd.config import ABLATIONS, PAPER_LOSS_WEIGHTS, DefenseConfig, ablation, from_flat_dict, to_flat_dict
 from addd.errors import AdddError
 from sweeps.trialspec import pair_attacks, pair_name
@@ -187,10 +187,18 @@ class Space:
         }
 
     def base_config(self) -> DefenseConfig:
-        """The config every trial starts from: defaults, the paper's weights, then ``base``."""
+        """The config every trial starts from: defaults, the paper's weights, then ``base``. Where a
+        known-attack choice holds an online adaptive attack (PGDa), its ε is the dataset's PGD ε
+        (the figures it is compared with are at that ε) unless ``base`` sets ``online.eps``."""
         flat = to_flat_dict(DefenseConfig())
         for key, value in PAPER_LOSS_WEIGHTS[self.paper_weights].items():
             flat[f"loss.{key}"] = value
+        dom = self.search.get("known_attacks")
+        offered = [*(dom.options if isinstance(dom, Choice) else ()), self.base.get("known_attacks", ())]
+        if any(is_online(a) for choice in offered for a in (pair_attacks(choice) if isinstance(choice, str) else choice)):
+            from addd.attacks import attack_params
+
+            flat["online.eps"] = float(attack_params("PGDu", self.dataset)["eps"])
         flat.update(self.base)
         return from_flat_dict(flat)
 
@@ -206,8 +214,9 @@ class Space:
         return (tuple(self.base_config().known_attacks),)
 
     def train_attacks(self) -> tuple[str, ...]:
-        """Every attack some trial may train on (their training-split sets are built up front)."""
-        return tuple(dict.fromkeys(a for pair in self.known_attack_choices() for a in pair))
+        """Every cached attack some trial may train on (their training-split sets are built up front;
+        an online attack such as ``PGDa`` depends on the defense and is generated per batch instead)."""
+        return tuple(dict.fromkeys(a for pair in self.known_attack_choices() for a in pair if not is_online(a)))
 
     def with_base(self, overrides: Mapping[str, Any]) -> "Space":
         """This space with flat config values fixed for every trial (``run.py --set KEY=VALUE``).
@@ -328,9 +337,9 @@ class Space:
     def _check_known_attacks(self, where: str) -> None:
         """Each known-attack choice names real attacks, no holdout, and leaves an unknown attack."""
         for pair in self.known_attack_choices():
-            bad = [a for a in pair if a not in ATTACK_NAMES]
+            bad = [a for a in pair if a not in KNOWN_ATTACK_NAMES]
             if bad:
-                raise SpaceError(f"{where}: unknown known attack(s) {bad}; valid: {', '.join(ATTACK_NAMES)}")
+                raise SpaceError(f"{where}: unknown known attack(s) {bad}; valid: {', '.join(KNOWN_ATTACK_NAMES)}")
             if set(pair) & set(self.holdout_attacks):
                 raise SpaceError(f"{where}: known attacks {list(pair)} overlap holdout_attacks {list(self.holdout_attacks)}")
             if not self.unknown_attacks(pair):

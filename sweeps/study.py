@@ -59,10 +59,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from addd.errors import AdddError
-from addd.figures import WORST_UNKNOWN, figure
+from addd.figures import WORST_UNKNOWN
+from addd.figures import figure as figure_of
 from addd.runfolder import METRICS_FILE, PER_EXAMPLE_FILE, REPORT_DIR, RunFolder, experiment_name, final_folder
 
-WORST_UNKNOWN_TEST = figure(WORST_UNKNOWN).trial_key("test")  # the figure a finished final's log line shows
+WORST_UNKNOWN_TEST = figure_of(WORST_UNKNOWN).trial_key("test")  # the figure a finished final's log line shows
 log = logging.getLogger("sweeps.study")  # also under python -m (progress the console shows)
 
 BASELINE_KEYS = ("no_defense", "ape_gan", "adv_training")
@@ -168,10 +169,15 @@ def run_job(job: Job, ctx, folder: RunFolder) -> tuple[dict[str, Any], bool]:
         return json.loads(done.read_text()), False
     start = time.perf_counter()
     defense = job.build()
-    x_adv = {a: ctx.train.adv[a].x_adv for a in job.known}
+    from addd.attack_names import is_online
+    from addd.defense import ADDDefense
+    from sweeps.trial import cached_known
+
     device = next((p.device for p in defense.parameters()), torch.device("cpu"))
     log.info("study: training %s (seed %d) on %s", job.name, job.seed, device)
-    defense.fit(ctx.train.x, ctx.train.y, x_adv)
+    # an online adaptive attack (PGDa) runs through M_t∘G∘E: ADD-Defense needs M_t (adversarial training attacks its own model)
+    online = {"target_model": ctx.target_model} if isinstance(defense, ADDDefense) and any(map(is_online, job.known)) else {}
+    defense.fit(ctx.train.x, ctx.train.y, cached_known(ctx, job.known), **online)
     trained = time.perf_counter() - start
     classifier = defense.classifier_for(ctx.target_model) if hasattr(defense, "classifier_for") else ctx.target_model
     own = classifier is not ctx.target_model  # adversarial training: its own classifier, M_t stays the reference
@@ -215,17 +221,32 @@ def study_jobs(summary: Mapping[str, Any], device: str) -> list[Job]:
                             lambda s=s: _add_defense(s)))
     target = summary["target_model"]
     for key in BASELINE_KEYS:
+        known = _baseline_known(key, cfg.known_attacks)
         for seed in seeds:
-            settings = {"baseline": key, "known_attacks": list(cfg.known_attacks), "network.width": cfg.network.width,
+            settings = {"baseline": key, "known_attacks": list(known), "network.width": cfg.network.width,
                         "network.channels": cfg.network.channels, "train.epochs": cfg.train.epochs,
                         "train.batch_size": cfg.train.batch_size, "train.lr": cfg.train.lr, "train.seed": seed,
                         "apegan.mse_weight": cfg.loss.theta_mse, "target.arch": target.get("arch")}
-            build = lambda key=key, seed=seed: build_baseline(  # noqa: E731
-                key, summary["dataset"], cfg.known_attacks, width=cfg.network.width, channels=cfg.network.channels,
+            build = lambda key=key, seed=seed, known=known: build_baseline(  # noqa: E731
+                key, summary["dataset"], known, width=cfg.network.width, channels=cfg.network.channels,
                 epochs=cfg.train.epochs, batch_size=cfg.train.batch_size, lr=cfg.train.lr, seed=seed, device=device,
                 target_arch=target.get("arch"), num_classes=cfg.network.num_classes, mse_weight=cfg.loss.theta_mse)
-            jobs.append(Job(key, "baseline", seed, settings, tuple(cfg.known_attacks), build))
+            jobs.append(Job(key, "baseline", seed, settings, tuple(known), build))
     return jobs
+
+
+def _baseline_known(key: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    """The known attacks a baseline trains on: full's, except that APE-GAN (a generator trained on
+    fixed pairs) cannot train on an online adaptive attack; adversarial training runs it on itself."""
+    from addd.attack_names import is_online
+
+    if key != "ape_gan" or not any(map(is_online, known)):
+        return tuple(known)
+    cached = tuple(a for a in known if not is_online(a))
+    if not cached:
+        raise StudyError(f"ape_gan cannot train on {'+'.join(known)} alone (online attacks only); give full's "
+                         f"known-attack choice a cached attack too, e.g. PGDu+PGDa")
+    return cached
 
 
 def _other_variants(summary: Mapping[str, Any]) -> list[str]:

@@ -199,6 +199,13 @@ def _whitebox_curve(target_model: nn.Module, test: SplitSets, f: Finalists):
                           seed=f.seed)
 
 
+def cached_known(ctx: TrialContext, known: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The cached training sets of the known attacks (an online one, ``PGDa``, is made per batch by fit)."""
+    from addd.attack_names import is_online
+
+    return {name: ctx.train.adv[name].x_adv for name in known if not is_online(name)}
+
+
 def evaluate_split(defense: nn.Module, ctx: TrialContext, split: str, known: tuple[str, ...],
                    per_example: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """addd.evaluate's oblivious metrics on ``split``, named by ``addd.figures`` (``val/worst.unknown``, ...).
@@ -383,10 +390,9 @@ def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
             (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
             _ray.report(metrics, checkpoint_dir=tmp)
 
-    x_adv = {name: ctx.train.adv[name].x_adv for name in cfg.known_attacks}
     try:
-        defense.fit(ctx.train.x, ctx.train.y, x_adv, callback=on_epoch, epochs=epochs - start_epoch,
-                    resume_state=resume_state)
+        defense.fit(ctx.train.x, ctx.train.y, cached_known(ctx, cfg.known_attacks), callback=on_epoch,
+                    epochs=epochs - start_epoch, resume_state=resume_state, target_model=ctx.target_model)
     except NonFiniteLossError as exc:  # a result, not a crash: the sweep goes on, the reason is kept
         log.warning("trial %s: %s", trial_id, exc)
         _ray.report({EPOCH: len(defense.history) + 1, OBJECTIVE: float("nan"), FAILURE: str(exc)})

@@ -116,3 +116,19 @@ def test_config_table_shows_the_config_that_ran_not_a_reapplied_ablation(tmp_pat
     rows = _config_rows(summary).set_index("defense")
     assert rows.loc["fixed-no_dp", "loss.use_dp"] == "False" and rows.loc["full", "loss.use_dp"] == "True"
     assert rows.loc["full", "known_attacks"] == "PGDu+PGDt"
+
+
+def test_a_defense_trained_on_online_adaptive_pgd_has_its_adaptive_pgd_marked_known(tmp_path):
+    from ablations.report import defense_table
+
+    summary = _summary()
+    entry = summary["variants"]["full"]
+    rows = defense_table(summary, {**entry, "known_attacks": ["PGDu", "PGDa"]}).set_index("attack (* known)")
+    cell = rows.filter(like="PGDu", axis=0)["adaptive: on the whole pipeline, same ε"].iloc[0]
+    assert cell.startswith("pgd_worst*:")  # trained on it: not an unknown attack any more
+    assert any(i.startswith("bpda ") for i in rows.index)  # BPDA stays an unknown attack (no *)
+    plain = defense_table(summary, entry).set_index("attack (* known)")
+    assert plain.filter(like="PGDu", axis=0)["adaptive: on the whole pipeline, same ε"].iloc[0].startswith("pgd_worst:")
+    per_attack = per_attack_overview({**summary, "variants": {"full": {**entry, "known_attacks": ["PGDu", "PGDa"]}},
+                                      "fixed": {}, "baselines": {}})
+    assert per_attack.filter(like="pgd_worst").iloc[0, 0].endswith(" *")

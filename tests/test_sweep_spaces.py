@@ -201,3 +201,32 @@ def test_mnist5k_paper_dry_run_needs_no_data_root(tmp_path, capsys, monkeypatch)
     assert plan["dataset"] == "mnist5k" and plan["target_arch"] == "lenet"
     assert plan["splits"]["n_test"] == SPACES["mnist5k_paper"].n_test
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_online_adaptive_known_attack_is_a_valid_choice_but_never_a_cached_training_set():
+    from sweeps.spaces import Choice, get_space
+
+    space = get_space("digits_ablation", smoke=True)
+    search = {**space.search, "known_attacks": Choice(("PGDu+PGDt", "PGDu+PGDa"))}
+    robust = replace(space, search=search).validate()
+    assert ("PGDu", "PGDa") in robust.known_attack_choices()
+    assert "PGDa" not in robust.train_attacks() and "PGDu" in robust.train_attacks()
+    with pytest.raises(Exception, match=r"unknown attack name\(s\) \['PGDz'\]"):
+        replace(space, search={**space.search, "known_attacks": Choice(("PGDu+PGDz",))}).validate()
+
+
+def test_a_trial_trains_on_the_cached_sets_of_its_known_attacks_only():
+    import torch
+
+    from sweeps.trial import cached_known
+
+    class _Set:
+        def __init__(self, value):
+            self.x_adv = torch.full((2, 1, 4, 4), value)
+
+    class _Ctx:
+        class train:  # noqa: N801 - a stand-in for SplitSets
+            adv = {"PGDu": _Set(0.25), "CWu": _Set(0.5)}
+
+    got = cached_known(_Ctx, ("PGDu", "PGDa"))
+    assert list(got) == ["PGDu"] and torch.equal(got["PGDu"], _Ctx.train.adv["PGDu"].x_adv)
