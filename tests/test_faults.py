@@ -83,17 +83,22 @@ def test_training_state_of_another_config_is_refused(tmp_path, one_thread):
 
 
 # ----------------------------------------------------------------------------- full / read-only storage
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs (root only; skipped elsewhere); ``_remount(mnt, ro=True)`` makes it read-only."""
+def _tmpfs(tmp_path, size: str):
+    """A tmpfs of ``size`` under tmp_path (root only; skipped elsewhere), unmounted afterwards."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True).returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 1 MiB tmpfs; ``_remount(mnt, ro=True)`` makes it read-only."""
+    yield from _tmpfs(tmp_path, "1m")
 
 
 def _remount(mnt: Path, ro: bool) -> None:
@@ -444,15 +449,8 @@ def test_ctrl_c_saves_the_search_says_how_to_resume_and_resume_finishes_it(tmp_p
 
 @pytest.fixture
 def twelve_mib_run_folder(tmp_path):
-    """A 12 MiB tmpfs for the run folder (root only; skipped elsewhere): the smoke sweep writes ~19 MiB."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    """A 12 MiB tmpfs for the run folder: the smoke sweep writes ~19 MiB."""
+    yield from _tmpfs(tmp_path, "12m")
 
 
 @pytest.mark.slow
