@@ -457,21 +457,27 @@ def robustness_curve(
         raise AdaptiveError("whitebox was computed for another model, examples, eps grid, steps or seed than this "
                             "curve; pass whitebox_curve(...) of the same arguments, or None")
     identity = bool(getattr(defense, "is_identity", False)) and reference is model
-    device = _device(model)
     rows = []
     for eps, undefended in zip(whitebox.eps, whitebox.points):
         if identity:
             oblivious = adaptive = undefended.worst
         else:
-            with _attack_state(modules):
-                survived = torch.ones(len(y), dtype=torch.bool)
-                for loss in LOSSES:
-                    survived &= _correct(model, restore_fn, undefended.x_adv[loss], y, 256, device)
-            oblivious = _mean(survived)
+            oblivious = _oblivious_point(model, restore_fn, modules, undefended, y)
             adaptive = _mean(adaptive_worst(model, defense, x, y, eps=eps, steps=steps, seed=seed))
         rows.append({"eps": eps, "undefended_whitebox": undefended.worst, "defended_oblivious": oblivious,
                      "defended_adaptive": adaptive, "n": len(y), "steps": steps, "seed": seed})
     return pd.DataFrame(rows, columns=list(CURVE_COLUMNS))
+
+
+def _oblivious_point(model, restore_fn, modules, undefended, y) -> float:
+    """The curve's oblivious point: the white-box images of both losses (made on ``model`` alone)
+    through restore; an example counts only if it survives both."""
+    device = _device(model)
+    with _attack_state(modules):
+        survived = torch.ones(len(y), dtype=torch.bool)
+        for loss in LOSSES:
+            survived &= _correct(model, restore_fn, undefended.x_adv[loss], y, 256, device)
+    return _mean(survived)
 
 
 # --------------------------------------------------------------------------------------------
