@@ -424,7 +424,9 @@ def _figure_lines(restored, curves: bool, optuna_plots) -> list[str]:
                    f"original, adversarial and restored validation images per attack, predicted label above each "
                    f"(red: wrong).")
     for path in optuna_plots:
-        out.append(f"- `{path.name}`: Optuna {'optimisation history' if 'history' in path.name else 'parameter importances'}"
+        words = ("optimisation history" if "history" in path.name else "Pareto front" if "pareto_front" in path.name
+                 else "parameter importances")
+        out.append(f"- `{path.name}`: Optuna {words}"
                    f" of variant {path.stem.rsplit('-', 1)[-1]} (title names the variant).")
     return out
 

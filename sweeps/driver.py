@@ -238,14 +238,16 @@ def search(plan: Plan, prepared: Prepared, on_event=None) -> list:
     from sweeps.recorder import Recorder
     from sweeps.schedule import build_schedule
     from sweeps.trial import train_defense
-    from sweeps.trialspec import search_group
+    from sweeps.spaces import PARETO
+    from sweeps.trialspec import PARETO_KEYS, search_group
 
     s = plan.space
+    pareto = s.objective == PARETO
 
     def make_searcher(variant, search_space, first_point):
         return _optuna.TpeSearcher(url=plan.optuna_url, study_name=plan.study_name(variant), search=search_space,
                                    seed=plan.seed, startup_trials=min(s.startup_trials, plan.num_samples),
-                                   first_point=first_point)
+                                   first_point=first_point, objectives=len(PARETO_KEYS) if pareto else 1)
 
     job = _ray.TuneJob(
         name="sweep",
@@ -256,6 +258,7 @@ def search(plan: Plan, prepared: Prepared, on_event=None) -> list:
         cpus_per_trial=plan.cpus_per_trial,
         gpus_per_trial=plan.gpus_per_trial,
         asha=s.asha(),
+        early_stopping=not pareto,  # README: a scalar would prune the front's far ends
     )
     start = time.perf_counter()
     recorder = Recorder(prepared.tracker, prepared.parent, on_event)

@@ -1,0 +1,127 @@
+"""Objective ``pareto``: the front selection (dominance, spread, both ends, only complete trials),
+the multi-objective Optuna searcher (three maximised directions, values told, no intermediate
+values, resumed after pickling), the schedule re-running each front member over the seeds, and
+the space's checks (fast: SQLite in tmp, no training)."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+
+from sweeps._optuna import TpeSearcher
+from sweeps.schedule import FINISHED, SweepSchedule, VariantSearch, dominates, select_front
+from sweeps.spaces import Choice, LogUniform, SpaceError, get_space
+from sweeps.trial import search_objective
+from sweeps.trialspec import OBJECTIVE, PARETO_KEYS, TrialSpec
+
+SEARCH = {"loss.theta_mse": LogUniform(1.0, 100.0), "known_attacks": Choice(("PGDu+PGDt", "DDNu+DDNt"))}
+RECON, OBLIVIOUS, PROBE = PARETO_KEYS
+
+
+def _searcher(tmp_path, name="p"):
+    return TpeSearcher(url=f"sqlite:///{tmp_path / 'optuna.db'}", study_name=name, search=SEARCH, seed=0,
+                       startup_trials=2, first_point={"loss.theta_mse": 10.0, "known_attacks": "PGDu+PGDt"},
+                       objectives=3)
+
+
+def _result(epoch, recon, oblivious, probe):
+    return {"epoch": epoch, RECON: recon, OBLIVIOUS: oblivious, PROBE: probe, OBJECTIVE: min(recon, oblivious, probe)}
+
+
+# ----------------------------------------------------------------------------- front selection
+def test_dominance_needs_no_worse_everywhere_and_better_somewhere():
+    assert dominates((0.9, 0.5, 0.1), (0.8, 0.5, 0.1))
+    assert not dominates((0.9, 0.5, 0.1), (0.9, 0.5, 0.1))  # equal: neither dominates
+    assert not dominates((0.9, 0.4, 0.1), (0.8, 0.5, 0.1))  # a trade-off
+
+
+def test_the_front_drops_dominated_trials_and_keeps_ties():
+    trials = [((0.9, 0.5, 0.1), "a"), ((0.8, 0.4, 0.05), "dominated"), ((0.7, 0.6, 0.2), "b"), ((0.9, 0.5, 0.1), "tie")]
+    assert sorted(select_front(trials, 10)) == ["a", "b", "tie"]
+
+
+def test_a_front_larger_than_front_size_is_spread_with_both_ends_kept():
+    # five trade-offs along reconstruction (first value up, the others down): all on the front
+    trials = [((0.5 + 0.1 * i, 0.9 - 0.1 * i, 0.6 - 0.1 * abs(i - 2)), f"m{i}") for i in (3, 0, 4, 1, 2)]
+    trials.append(((0.1, 0.1, 0.1), "dominated"))
+    assert select_front(trials, 3) == ["m0", "m2", "m4"]  # sorted by reconstruction: both ends and the middle
+    assert select_front(trials, 2) == ["m0", "m4"]
+    assert select_front(trials, 1) == ["m2"]  # one member: the highest worst value (min 0.6)
+
+
+def test_failed_and_stopped_trials_never_enter_the_front(tmp_path):
+    v = VariantSearch("full", _searcher(tmp_path), {"train.epochs": 3}, budget=3, seeds=1, value_keys=PARETO_KEYS,
+                      front_size=3)
+    schedule = SweepSchedule([v], metric=OBJECTIVE)
+    for trial in "abc":
+        schedule.suggest(trial)
+    schedule.on_trial_complete("a", _result(3, 0.5, 0.5, 0.1))
+    schedule.on_trial_complete("b", _result(2, 0.99, 0.99, 0.99))  # stopped after 2 of 3 epochs: dominates a
+    schedule.on_trial_complete("c", {**_result(3, 0.99, 0.99, float("nan"))})  # no probe value: failed
+    assert (v.stopped_early, v.failed) == (1, 1)
+    final = schedule.suggest("f0")
+    assert final["phase"] == "final" and final["front_member"] == 0
+    assert TrialSpec.parse(final).flat == {**schedule.trials["a"].flat, "train.seed": 0}
+    assert schedule.suggest("f1") == FINISHED  # one member x one seed
+
+
+# ----------------------------------------------------------------------------- the searcher and the schedule
+def test_a_pareto_schedule_tells_three_values_and_reruns_each_front_member_over_the_seeds(tmp_path):
+    v = VariantSearch("full", _searcher(tmp_path), {"train.epochs": 2}, budget=3, seeds=2, value_keys=PARETO_KEYS,
+                      front_size=3)
+    schedule = SweepSchedule([v], metric=OBJECTIVE)
+    assert schedule.total_trials == 3 + 2 * 3
+    for trial in "abc":
+        schedule.suggest(trial)
+    schedule.on_trial_result("a", _result(1, 0.9, 0.3, 0.0))  # no intermediate value in a 3-objective study
+    schedule.on_trial_complete("a", _result(2, 0.95, 0.4, 0.0))
+    schedule.on_trial_complete("b", _result(2, 0.80, 0.5, 0.1))
+    schedule.on_trial_complete("c", _result(2, 0.70, 0.3, 0.0))  # dominated by b
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert len(study.directions) == 3 and all(d == optuna.study.StudyDirection.MAXIMIZE for d in study.directions)
+    assert [t.values for t in study.trials] == [[0.95, 0.4, 0.0], [0.80, 0.5, 0.1], [0.70, 0.3, 0.0]]
+    assert all(t.intermediate_values == {} for t in study.trials)
+    assert sorted(t.number for t in study.best_trials) == [0, 1]  # Optuna's own front agrees
+    finals = [TrialSpec.parse(schedule.suggest(f"f{i}")) for i in range(4)]
+    assert schedule.suggest("f4") == FINISHED  # two members x two seeds, not front_size x seeds
+    assert [(f.front_member, f.seed) for f in finals] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert finals[0].flat["loss.theta_mse"] == schedule.trials["b"].flat["loss.theta_mse"]  # sorted by reconstruction
+    assert finals[2].flat["loss.theta_mse"] == schedule.trials["a"].flat["loss.theta_mse"]
+    assert v.best_spec == schedule.trials["b"]  # the highest scalar min (0.1) stays the variant's best
+
+
+def test_a_restored_multi_objective_searcher_continues_the_same_study(tmp_path):
+    searcher = _searcher(tmp_path)
+    searcher.suggest("a")
+    searcher.on_trial_complete("a", (0.9, 0.5, 0.1), "complete", step=2)
+    searcher.suggest("b")
+    restored = pickle.loads(pickle.dumps(searcher))  # as Ray saves and restores the searcher state
+    restored.on_trial_result("b", 0.2, 1)  # ignored: no report in a multi-objective study
+    restored.on_trial_complete("b", (0.8, 0.6, 0.2), "complete", step=2)
+    restored.suggest("c")
+    restored.on_trial_complete("c", None, "failed")
+    _searcher(tmp_path)  # reopened: no second paper point
+    study = optuna.load_study(study_name="p", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE", "FAIL"]
+    assert study.trials[1].values == [0.8, 0.6, 0.2] and len(study.directions) == 3
+
+
+# ----------------------------------------------------------------------------- the trial's scalar and the space
+def test_the_pareto_scalar_is_the_min_of_the_three_values():
+    out = search_objective({RECON: 0.9, OBLIVIOUS: 0.5, PROBE: 0.2}, "pareto")
+    assert out[OBJECTIVE] == pytest.approx(0.2)
+    assert search_objective({RECON: 0.1, OBLIVIOUS: 0.5, PROBE: 0.2}, "pareto")[OBJECTIVE] == pytest.approx(0.1)
+
+
+def test_the_space_describes_pareto_and_checks_the_front_size():
+    from dataclasses import replace
+
+    space = replace(get_space("digits_ablation", smoke=True), objective="pareto").validate()
+    described = space.describe_objective()
+    assert described["name"] == "pareto" and described["front_size"] == 3 and "front" in described["description"]
+    with pytest.raises(SpaceError, match="front_size must be a whole number >= 1"):
+        replace(space, front_size=0).validate()
+    with pytest.raises(SpaceError, match="objective pareto needs the adaptive probe"):
+        replace(space, probe_n=0).validate()
