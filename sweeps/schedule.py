@@ -168,13 +168,19 @@ def select_front(trials: Sequence[tuple[Sequence[float], Member]], size: int) ->
     """The non-dominated ``(values, member)`` pairs of ``trials`` (complete trials only: the caller
     never passes a failed or stopped one), at most ``size`` of them spread along the front: sorted
     by their values (the first, reconstruction accuracy, leading), evenly spaced members with both
-    ends always kept; ``size`` 1 keeps the member whose worst value is highest."""
+    ends always kept; the member whose worst value is highest (the variant's best by the scalar
+    objective) is kept too when ``size`` >= 3 (in place of the nearest inner pick) or is 1."""
     front = sorted((t for t in trials if not any(dominates(o[0], t[0]) for o in trials)), key=lambda t: tuple(t[0]))
     if len(front) <= size:
         return [member for _, member in front]
+    best = max(range(len(front)), key=lambda i: min(front[i][0]))
     if size == 1:
-        return [max(front, key=lambda t: min(t[0]))[1]]
+        return [front[best][1]]
     picks = [round(i * (len(front) - 1) / (size - 1)) for i in range(size)]
+    if size >= 3 and best not in picks:
+        inner = min(range(1, size - 1), key=lambda k: abs(picks[k] - best))
+        picks[inner] = best
+        picks.sort()
     return [front[i][1] for i in picks]
 
 

@@ -115,6 +115,16 @@ class TrialSpec:
         front = {} if self.front_member is None else {_FRONT: self.front_member}
         return {_VARIANT: self.variant, "seed": self.seed, **front, "val_objective": val_objective, **more}
 
+    def front_entry(self, **more: Any) -> dict[str, Any]:
+        """summary.json's entry of a pareto front member: its ``front_member`` index, then ``more``."""
+        return {_FRONT: self.front_member, **more}
+
+    def same_config(self, other: "TrialSpec") -> bool:
+        """Whether ``other`` trains this variant's config up to ``train.seed`` (a final and the search trial it re-runs)."""
+        def unseeded(spec: "TrialSpec") -> dict[str, Any]:
+            return {k: v for k, v in spec.flat.items() if k != "train.seed"}
+        return self.variant == other.variant and unseeded(self) == unseeded(other)
+
     def defense_config(self):
         """The typed :class:`addd.config.DefenseConfig` of this trial, the variant's ablation applied."""
         return ablation(from_flat_dict(dict(self.flat)), self.variant)

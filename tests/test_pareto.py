@@ -51,6 +51,13 @@ def test_a_front_larger_than_front_size_is_spread_with_both_ends_kept():
     assert select_front(trials, 1) == ["m2"]  # one member: the highest worst value (min 0.6)
 
 
+def test_the_spread_front_keeps_the_scalar_best_member():
+    # seven members along reconstruction; the highest min (the variant's best) is m1, between the picks 0, 3, 6
+    trials = [((0.3 + 0.1 * i, 0.95 - 0.1 * i, 0.9 if i == 1 else 0.1), f"m{i}") for i in range(7)]
+    assert select_front(trials, 3) == ["m0", "m1", "m6"]  # both ends and the best, which replaced m3
+    assert select_front(trials, 4) == ["m0", "m1", "m4", "m6"]  # picks 0, 2, 4, 6: m1 replaces m2
+
+
 def test_failed_and_stopped_trials_never_enter_the_front(tmp_path):
     v = VariantSearch("full", _searcher(tmp_path), {"train.epochs": 3}, budget=3, seeds=1, value_keys=PARETO_KEYS,
                       front_size=3)
@@ -125,3 +132,38 @@ def test_the_space_describes_pareto_and_checks_the_front_size():
         replace(space, front_size=0).validate()
     with pytest.raises(SpaceError, match="objective pareto needs the adaptive probe"):
         replace(space, probe_n=0).validate()
+
+
+# ----------------------------------------------------------------------------- summary.json's front
+def test_the_summary_gives_each_front_member_its_config_search_values_and_seed_figures():
+    from sweeps.summary import build_summary
+    from sweeps.trialspec import TrialOutcome
+
+    def search_trial(trial_id, lambda_cls, values):
+        spec = TrialSpec.search("full", {"loss.lambda_cls": lambda_cls, "train.epochs": 2, "train.seed": 0})
+        return TrialOutcome(trial_id, spec.to_config(), _result(2, *values), checkpoint=None, error=None)
+
+    def final_trial(trial_id, source, member, seed, pgd):
+        spec = source.spec.rerun(seed=seed, front_member=member)
+        metrics = {OBJECTIVE: source.metrics[OBJECTIVE], "epoch": 2, "test/acc.reconstruction": 0.9 - 0.1 * member,
+                   "adaptive/pgd_worst": pgd}
+        return TrialOutcome(trial_id, spec.to_config(), metrics, checkpoint=None, error=None)
+
+    a, b = search_trial("a", 1e-2, (0.95, 0.4, 0.0)), search_trial("b", 1e-4, (0.80, 0.5, 0.1))
+    failed = TrialOutcome("c", TrialSpec.search("full", {"train.epochs": 2}).to_config(), {}, None, "boom")
+    finals = [final_trial("f0", b, 0, 0, 0.2), final_trial("f1", b, 0, 1, 0.4),
+              final_trial("f2", a, 1, 0, 0.0), final_trial("f3", a, 1, 1, 0.1)]
+    summary = build_summary(header={"space": "toy"}, search={"full": [a, b, failed]}, final=finals, best_artifact="x")
+    full = summary["variants"]["full"]
+    front = full["front"]
+    assert [m["front_member"] for m in front] == [0, 1]
+    assert [m["ran_config"]["loss.lambda_cls"] for m in front] == [1e-4, 1e-2]
+    assert [m["search_trial_id"] for m in front] == ["b", "a"]
+    assert front[0]["search_values"] == {RECON: 0.80, OBLIVIOUS: 0.5, PROBE: 0.1, "objective": 0.1}
+    assert [s["trial_id"] for s in front[1]["seeds"]] == ["f2", "f3"]
+    assert front[0]["adaptive"]["pgd_worst"]["mean"] == pytest.approx(0.3)
+    assert front[1]["test"]["acc.reconstruction"]["mean"] == pytest.approx(0.8)
+    # the variant's own entry stays: its best (the highest scalar, b) and that member's seeds only
+    assert full["search"]["best_trial_id"] == "b" and full["ran_config"]["loss.lambda_cls"] == 1e-4
+    assert [s["trial_id"] for s in full["seeds"]] == ["f0", "f1"]
+    assert summary["best"]["front_member"] == 0
