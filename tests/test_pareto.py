@@ -135,7 +135,8 @@ def test_the_space_describes_pareto_and_checks_the_front_size():
 
 
 # ----------------------------------------------------------------------------- summary.json's front
-def test_the_summary_gives_each_front_member_its_config_search_values_and_seed_figures():
+def _pareto_summary():
+    """A pareto sweep's summary from hand-made outcomes: members b (seeds f0, f1) and a (f2, f3), one failed trial."""
     from sweeps.summary import build_summary
     from sweeps.trialspec import TrialOutcome
 
@@ -146,14 +147,20 @@ def test_the_summary_gives_each_front_member_its_config_search_values_and_seed_f
     def final_trial(trial_id, source, member, seed, pgd):
         spec = source.spec.rerun(seed=seed, front_member=member)
         metrics = {OBJECTIVE: source.metrics[OBJECTIVE], "epoch": 2, "test/acc.reconstruction": 0.9 - 0.1 * member,
-                   "adaptive/pgd_worst": pgd}
+                   "adaptive/pgd_worst": pgd, "adaptive/aa_linf": pgd / 2 + 0.1 * member,
+                   "test/acc.defended.CWu": 0.5}
         return TrialOutcome(trial_id, spec.to_config(), metrics, checkpoint=None, error=None)
 
     a, b = search_trial("a", 1e-2, (0.95, 0.4, 0.0)), search_trial("b", 1e-4, (0.80, 0.5, 0.1))
     failed = TrialOutcome("c", TrialSpec.search("full", {"train.epochs": 2}).to_config(), {}, None, "boom")
     finals = [final_trial("f0", b, 0, 0, 0.2), final_trial("f1", b, 0, 1, 0.4),
               final_trial("f2", a, 1, 0, 0.0), final_trial("f3", a, 1, 1, 0.1)]
-    summary = build_summary(header={"space": "toy"}, search={"full": [a, b, failed]}, final=finals, best_artifact="x")
+    return build_summary(header={"space": "toy", "smoke": False}, search={"full": [a, b, failed]}, final=finals,
+                         best_artifact="x")
+
+
+def test_the_summary_gives_each_front_member_its_config_search_values_and_seed_figures():
+    summary = _pareto_summary()
     full = summary["variants"]["full"]
     front = full["front"]
     assert [m["front_member"] for m in front] == [0, 1]
@@ -167,3 +174,24 @@ def test_the_summary_gives_each_front_member_its_config_search_values_and_seed_f
     assert full["search"]["best_trial_id"] == "b" and full["ran_config"]["loss.lambda_cls"] == 1e-4
     assert [s["trial_id"] for s in full["seeds"]] == ["f0", "f1"]
     assert summary["best"]["front_member"] == 0
+
+
+def test_the_report_tables_the_front_and_compares_its_best_aa_linf_with_adv_training(tmp_path):
+    from ablations.report import _pareto_words, build_report, pareto_table
+
+    summary = _pareto_summary()
+    table = pareto_table(summary)
+    assert list(table["member"]) == [0, 1] and "lambda_cls=0.0001" in table["config"][0]
+    assert table["AutoAttack Linf (adaptive)"][1].startswith("0.125 ± 0.035")  # member 1: aa_linf 0.1 and 0.15
+    assert "no adv_training baseline in this run" in _pareto_words(summary)
+    def stats(mean):
+        return {"mean": mean, "std": 0.01, "n": 3, "ci95": [mean - 0.02, mean + 0.02], "values": [mean] * 3}
+
+    summary["baselines"] = {"adv_training": {"adaptive": {"aa_linf": stats(0.3)},
+                                             "test": {"acc.reconstruction": stats(0.95)}}}
+    words = _pareto_words(summary)
+    assert "(full member 0)" in words and "0.150 ± 0.071" in words and "not higher by -0.150" in words
+    build_report(summary, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert "## Pareto front" in report and "not higher by -0.150" in report
+    assert (tmp_path / "pareto.csv").exists()
