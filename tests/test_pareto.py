@@ -138,6 +138,13 @@ def test_the_space_describes_pareto_and_checks_the_front_size():
 def _pareto_summary():
     """A pareto sweep's summary from hand-made outcomes: members b (seeds f0, f1) and a (f2, f3), one failed trial."""
     from sweeps.summary import build_summary
+
+    search, finals = _pareto_outcomes()
+    return build_summary(header={"space": "toy", "smoke": False}, search={"full": search}, final=finals,
+                         best_artifact="x")
+
+
+def _pareto_outcomes():
     from sweeps.trialspec import TrialOutcome
 
     def search_trial(trial_id, lambda_cls, values):
@@ -155,8 +162,7 @@ def _pareto_summary():
     failed = TrialOutcome("c", TrialSpec.search("full", {"train.epochs": 2}).to_config(), {}, None, "boom")
     finals = [final_trial("f0", b, 0, 0, 0.2), final_trial("f1", b, 0, 1, 0.4),
               final_trial("f2", a, 1, 0, 0.0), final_trial("f3", a, 1, 1, 0.1)]
-    return build_summary(header={"space": "toy", "smoke": False}, search={"full": [a, b, failed]}, final=finals,
-                         best_artifact="x")
+    return [a, b, failed], finals
 
 
 def test_the_summary_gives_each_front_member_its_config_search_values_and_seed_figures():
@@ -195,3 +201,24 @@ def test_the_report_tables_the_front_and_compares_its_best_aa_linf_with_adv_trai
     report = (tmp_path / "report.md").read_text()
     assert "## Pareto front" in report and "not higher by -0.150" in report
     assert (tmp_path / "pareto.csv").exists()
+
+
+def test_each_front_member_keeps_its_own_final_files(tmp_path):
+    """Two members share a seed: the variant's folder holds its best member's files, the other its own."""
+    from addd.runfolder import CURVE_FILE, RunFolder
+    from sweeps.driver import _collect_final_files
+    from sweeps.summary import build_summary
+    from sweeps.trialspec import LocalCheckpoint
+
+    search, finals = _pareto_outcomes()
+    for o in finals:
+        (tmp_path / o.trial_id).mkdir()
+        (tmp_path / o.trial_id / CURVE_FILE).write_text(o.trial_id)
+        o.checkpoint = LocalCheckpoint(tmp_path / o.trial_id)
+    summary = build_summary(header={}, search={"full": search}, final=finals, best_artifact="x")
+    folder = RunFolder(tmp_path / "run")
+    _collect_final_files(finals, folder, summary)
+    assert (folder.final("full", 0) / CURVE_FILE).read_text() == "f0"  # member 0 (b) is the variant's best
+    assert (folder.final("full", 1) / CURVE_FILE).read_text() == "f1"
+    assert (folder.final("full-front1", 0) / CURVE_FILE).read_text() == "f2"
+    assert (folder.final("full-front1", 1) / CURVE_FILE).read_text() == "f3"
