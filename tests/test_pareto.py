@@ -222,3 +222,19 @@ def test_each_front_member_keeps_its_own_final_files(tmp_path):
     assert (folder.final("full", 1) / CURVE_FILE).read_text() == "f1"
     assert (folder.final("full-front1", 0) / CURVE_FILE).read_text() == "f2"
     assert (folder.final("full-front1", 1) / CURVE_FILE).read_text() == "f3"
+
+
+def test_a_pareto_job_stops_no_trial_early(tmp_path):
+    """objective pareto: FIFO (every trial runs to its end); otherwise the per-variant ASHA."""
+    from ray.tune.schedulers import FIFOScheduler
+
+    from sweeps._ray import TuneJob, _GroupedASHA, _scheduler
+    from sweeps.trialspec import search_group
+
+    schedule = SweepSchedule([VariantSearch("full", None, {}, budget=1, seeds=1)], metric=OBJECTIVE)
+    job = dict(name="sweep", storage_path=str(tmp_path), make_schedule=lambda: schedule, group_of=search_group,
+               max_concurrent=1, cpus_per_trial=1, gpus_per_trial=0, asha={"max_t": 2, "grace_period": 1,
+                                                                            "reduction_factor": 3})
+    fifo = _scheduler(TuneJob(**job, early_stopping=False), schedule)
+    assert type(fifo) is FIFOScheduler
+    assert isinstance(_scheduler(TuneJob(**job), schedule), _GroupedASHA)
