@@ -218,6 +218,62 @@ def defense_table(summary: Mapping[str, Any], entry: Mapping[str, Any]) -> pd.Da
     return pd.DataFrame(rows)
 
 
+# the columns of the Pareto section's table, one per front member (report.md, pareto.csv)
+PARETO_FIGURES: tuple[str, ...] = (F.CLEAN, F.RECONSTRUCTION, F.WORST_UNKNOWN, "adaptive.pgd_worst", "adaptive.aa_linf",
+                                   "adaptive.aa_l2")
+_MEMBER_KEYS = ("known_attacks", "loss.lambda_prior", "loss.lambda_dp", "loss.lambda_cls", "loss.theta_mse", "loss.sigma")
+
+
+def pareto_table(summary: Mapping[str, Any]) -> pd.DataFrame:
+    """One row per front member of every pareto variant (in front order, sorted by validation
+    reconstruction): its searched config values, then the test figures of :data:`PARETO_FIGURES`
+    over its seeds (mean ± std [95% CI] n; ``*``: an adaptive attack the member trained on)."""
+    rows = []
+    for variant, entry in summary.get("variants", {}).items():
+        for index, member in enumerate(entry.get("front") or ()):
+            config, known = member.get("ran_config") or {}, known_attacks(member)
+            row = {"variant": variant, "member": index,
+                   "config": "; ".join(f"{k.split('.')[-1]}={_short(config.get(k))}" for k in _MEMBER_KEYS if k in config)}
+            for name in PARETO_FIGURES:
+                fig = F.figure(name)
+                row[fig.header] = fmt(_figure(member, fig), ci=True) + (" *" if name in F.known_adaptive(known) else "")
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _pareto_words(summary: Mapping[str, Any]) -> str:
+    """One sentence: the front member with the highest adaptive AutoAttack L-inf against adv_training's."""
+    aa_linf = F.figure("adaptive.aa_linf")
+    members = [(variant, index, member) for variant, entry in summary.get("variants", {}).items()
+               for index, member in enumerate(entry.get("front") or ())
+               if (_figure(member, aa_linf) or {}).get("mean") is not None]
+    if not members:
+        return "No front member has an adaptive AutoAttack L∞ figure (the space runs no AutoAttack)."
+    variant, index, member = max(members, key=lambda m: _figure(m[2], aa_linf)["mean"])
+    ours = _figure(member, aa_linf)
+    head = (f"The best front member by adaptive AutoAttack L∞ ({variant} member {index}) scores "
+            f"{fmt(ours)} at reconstruction {fmt(_figure(member, F.RECONSTRUCTION))}")
+    baseline = (summary.get("baselines") or {}).get("adv_training")
+    theirs = _figure(baseline, aa_linf) if baseline else None
+    if not theirs or theirs.get("mean") is None:
+        return head + "; no adv_training baseline in this run."
+    difference = ours["mean"] - theirs["mean"]
+    return (head + f", against adv_training's {fmt(theirs)} at reconstruction "
+            f"{fmt(_figure(baseline, F.RECONSTRUCTION))}: {'higher' if difference > 0 else 'not higher'} by "
+            f"{difference:+.3f} (means over seeds; no paired interval computed here).")
+
+
+def _pareto_section(summary: Mapping[str, Any]) -> list[str]:
+    """The Pareto section of report.md, only for a sweep with a pareto front."""
+    table = pareto_table(summary)
+    if table.empty:
+        return []
+    return ["\n## Pareto front (objective pareto: reconstruction, oblivious worst unknown, adaptive probe)\n",
+            "Each member is a non-dominated complete search trial, re-run over the seeds; test split, mean ± std "
+            "[95% t-interval] n seeds. Not drawn here yet: the front's plot and its hypervolume.\n",
+            _markdown(table), "\n" + _pareto_words(summary) + "\n"]
+
+
 def _adaptive_label(fig: F.Figure, known: tuple[str, ...]) -> str:
     """An adaptive figure's short name, ``*`` when the defense trained on its attack (online PGDa)."""
     return f"{fig.key}*" if fig.name in F.known_adaptive(known) else fig.key
@@ -300,6 +356,9 @@ def build_report(summary: Mapping[str, Any], out_dir: Path, finals_dir: Path | N
     tests.to_csv(paths[0], index=False)
     searches.to_csv(paths[1], index=False)
     diffs.to_csv(paths[2], index=False)
+    if not (front := pareto_table(summary)).empty:
+        front.to_csv(out_dir / "pareto.csv", index=False)
+        paths.append(out_dir / "pareto.csv")
     full_known = known_attacks((summary.get("variants", {}).get("full") or {}))
     figure = ablation_bars(tests, summary, full_known, f"Ablation (paper Fig 12 layout): {title}")
     figure.savefig(out_dir / "ablation.png", dpi=100, bbox_inches="tight")
@@ -343,7 +402,7 @@ def _report_text(summary, title, searches, restored, curves: bool, optuna_plots)
            "\n## Per attack (oblivious, with the adaptive figure for the same ε beside it)\n",
            _markdown(per_attack_overview(summary)), *_differences(summary), *_per_defense(summary, defenses),
            "## Configs\n", _markdown(_config_rows(summary)),
-           f"\n## Search (objective: {summary.get('objective', '?')})\n", _markdown(searches),
+           f"\n## Search (objective: {summary.get('objective', '?')})\n", _markdown(searches), *_pareto_section(summary),
            *_figure_lines(restored, curves, optuna_plots), *_study_line(summary)]
     return "\n".join(out) + "\n"
 
@@ -424,7 +483,9 @@ def _figure_lines(restored, curves: bool, optuna_plots) -> list[str]:
                    f"original, adversarial and restored validation images per attack, predicted label above each "
                    f"(red: wrong).")
     for path in optuna_plots:
-        out.append(f"- `{path.name}`: Optuna {'optimisation history' if 'history' in path.name else 'parameter importances'}"
+        words = ("optimisation history" if "history" in path.name else "Pareto front" if "pareto_front" in path.name
+                 else "parameter importances")
+        out.append(f"- `{path.name}`: Optuna {words}"
                    f" of variant {path.stem.rsplit('-', 1)[-1]} (title names the variant).")
     return out
 

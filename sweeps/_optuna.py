@@ -8,7 +8,7 @@ import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from addd import figures
 from sweeps.spaces import Choice, Domain, LogUniform, Uniform
@@ -57,11 +57,16 @@ class TpeSearcher:
     (stopped early by ASHA: its partial-training value is an intermediate value, not a result)
     or ``"failed"``. Pickled with the schedule (Ray's searcher state); the study is reopened from
     its storage URL after unpickling, so a resumed sweep continues the same study.
+
+    ``objectives`` > 1: a multi-objective study (each value maximised; TPE samples the front).
+    Its trials are then told a sequence of ``objectives`` values, and no intermediate values are
+    reported (Optuna refuses ``Trial.report`` in a multi-objective study; nothing prunes them).
     """
 
     def __init__(self, *, url: str, study_name: str, search: Mapping[str, Domain], seed: int, startup_trials: int,
-                 first_point: Mapping[str, Any] | None = None):
+                 first_point: Mapping[str, Any] | None = None, objectives: int = 1):
         self.url, self.study_name, self.seed, self.startup_trials = url, study_name, seed, startup_trials
+        self.objectives = objectives
         self.search = dict(search)
         self._trials: dict[str, int] = {}  # Ray trial id -> Optuna storage trial id
         self._last_step: dict[str, int] = {}  # Ray trial id -> the last epoch reported as an intermediate value
@@ -77,7 +82,7 @@ class TpeSearcher:
         if getattr(self, "_study", None) is None:
             sampler = optuna.samplers.TPESampler(seed=self.seed, n_startup_trials=self.startup_trials)
             self._study = optuna.create_study(study_name=self.study_name, storage=self.url, sampler=sampler,
-                                              direction="maximize", load_if_exists=True)
+                                              directions=["maximize"] * self.objectives, load_if_exists=True)
             self._live: dict[str, Any] = {}
         return self._study
 
@@ -87,6 +92,7 @@ class TpeSearcher:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("_last_step", {})  # a searcher pickled before it kept steps
+        self.__dict__.setdefault("objectives", 1)  # ... or before it could be multi-objective
         self._study = None
 
     def _trial(self, trial_id: str):
@@ -104,7 +110,7 @@ class TpeSearcher:
         return dict(trial.params)
 
     def on_trial_result(self, trial_id: str, objective: float, step: int) -> None:
-        if trial_id in self._trials and math.isfinite(objective):
+        if trial_id in self._trials and self.objectives == 1 and math.isfinite(objective):
             if step > self._last_step.get(trial_id, 0):
                 self._trial(trial_id).report(objective, step)
                 self._last_step[trial_id] = step
@@ -120,28 +126,42 @@ class TpeSearcher:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 trial.set_user_attr(key, float(value))
 
-    def on_trial_complete(self, trial_id: str, objective: float | None, state: str, step: int | None = None) -> None:
-        """``step``: the epoch of the last result. Ray hands a trial's last result to this call
+    def on_trial_complete(self, trial_id: str, objective: float | Sequence[float] | None, state: str,
+                          step: int | None = None) -> None:
+        """``objective``: the value, or in a multi-objective study the ``objectives`` values.
+        ``step``: the epoch of the last result. Ray hands a trial's last result to this call
         only (not to ``on_trial_result``), so it is recorded here as the last intermediate value:
-        the dashboard's intermediate plot then ends at the trial's last epoch."""
+        the dashboard's intermediate plot then ends at the trial's last epoch (single objective only)."""
         from optuna.trial import TrialState
 
         if trial_id not in self._trials:
             return
         study = self._open()
         trial = self._trial(trial_id)  # user attributes must be set before tell: a finished trial is read-only
-        if step is not None and objective is not None and state in ("complete", "pruned"):
-            self.on_trial_result(trial_id, objective, step)
+        values = _values(objective, self.objectives)
+        if step is not None and values is not None and self.objectives == 1 and state in ("complete", "pruned"):
+            self.on_trial_result(trial_id, values[0], step)
         self._last_step.pop(trial_id, None)
-        if state == "complete" and objective is not None and math.isfinite(objective):
-            study.tell(trial, objective, skip_if_finished=True)
+        if state == "complete" and values is not None:
+            study.tell(trial, values[0] if self.objectives == 1 else list(values), skip_if_finished=True)
         else:
             study.tell(trial, state=TrialState.PRUNED if state == "pruned" else TrialState.FAIL, skip_if_finished=True)
         self._live.pop(trial_id, None)
 
 
+def _values(objective: float | Sequence[float] | None, count: int) -> tuple[float, ...] | None:
+    """``objective`` as ``count`` finite floats, or None (missing, non-finite, or the wrong count)."""
+    if objective is None:
+        return None
+    values = (objective,) if isinstance(objective, (int, float)) else tuple(objective)
+    if len(values) != count or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        return None
+    return tuple(float(v) for v in values)
+
+
 def save_study_plots(url: str, study_name: str, out_dir: Path, variant: str) -> list[Path]:
-    """Optimisation history and parameter importances as PNGs, titled by variant. Both use the
+    """Optimisation history and parameter importances (a multi-objective study: its Pareto front)
+    as PNGs, titled by variant. All use the
     COMPLETE trials only: a trial ASHA stopped early is PRUNED and teaches the searcher nothing
     final (importances need >= 2 complete trials)."""
     import matplotlib
@@ -157,13 +177,17 @@ def save_study_plots(url: str, study_name: str, out_dir: Path, variant: str) -> 
     counts = f"{states.count('COMPLETE')} complete; {states.count('PRUNED')} stopped early, not shown"
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for label, plot in (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances)):
+    plots = (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances))
+    if len(study.directions) > 1:  # a pareto search: its front (complete trials); history needs one objective
+        plots = (("pareto_front", ovm.plot_pareto_front),)
+    for label, plot in plots:
         path = out_dir / f"optuna_{label}_{study_name}.png"
         try:
             with warnings.catch_warnings():  # "experimental" and few-trials notices: not the user's concern
                 warnings.simplefilter("ignore")
                 ax = plot(study)
-            ax.set_title(f"{variant}: {'optimisation history' if label == 'history' else 'parameter importances'} ({counts})")
+            words = {"history": "optimisation history", "importances": "parameter importances"}.get(label, "Pareto front")
+            ax.set_title(f"{variant}: {words} ({counts})")
             ax.figure.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(ax.figure)
             written.append(path)

@@ -318,6 +318,17 @@ class TuneJob:
     cpus_per_trial: float
     gpus_per_trial: float
     asha: dict[str, int]  # max_t, grace_period, reduction_factor
+    # False (objective pareto): FIFO, every trial runs to its end. ASHA compares one number, and any
+    # scalar of several objectives would stop the trials at the front's far ends; a stopped trial
+    # can never be on the front.
+    early_stopping: bool = True
+
+
+def _scheduler(job: TuneJob, schedule: SweepSchedule) -> TrialScheduler:
+    """Per-variant ASHA, or with ``job.early_stopping`` False a FIFO scheduler (nothing stopped early)."""
+    if not job.early_stopping:
+        return FIFOScheduler()
+    return _GroupedASHA([v.variant for v in schedule.variants], job.group_of, schedule.metric, job.asha)
 
 
 def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener | None, resume: bool) -> list[TrialOutcome]:
@@ -339,7 +350,7 @@ def run(job: TuneJob, trainable: Callable, context: Any, listener: TrialListener
             fn,
             tune_config=tune.TuneConfig(
                 search_alg=_ScheduleSearcher(schedule),
-                scheduler=_GroupedASHA([v.variant for v in schedule.variants], job.group_of, schedule.metric, job.asha),
+                scheduler=_scheduler(job, schedule),
                 num_samples=schedule.total_trials,
                 max_concurrent_trials=job.max_concurrent,
                 reuse_actors=True,

@@ -47,8 +47,8 @@ class SweepConsole(Console):
 
     def begin(self, plan) -> None:
         s = plan.space
-        self.variants = {v: VariantProgress(plan.num_samples, plan.seeds) for v in s.variants}
-        self.total = len(s.variants) * (plan.num_samples + plan.seeds)
+        self.variants = {v: VariantProgress(plan.num_samples, plan.finals_per_variant) for v in s.variants}
+        self.total = len(s.variants) * (plan.num_samples + plan.finals_per_variant)  # pareto: at most (the front's size)
         self.search_start: float | None = None
         self.finished = 0
         self.mlflow: dict[str, Any] = {}
@@ -56,7 +56,8 @@ class SweepConsole(Console):
         self.tracking_uri = plan.tracking_uri
         self.optuna_url = plan.optuna_url
         self.line(f"sweep {s.name}{' (smoke)' if plan.smoke else ''}: {len(s.variants)} variants "
-                  f"({', '.join(s.variants)}) x {plan.num_samples} search + {plan.seeds} final trials = {self.total}")
+                  f"({', '.join(s.variants)}) x {plan.num_samples} search + {'up to ' if plan.finals_per_variant != plan.seeds else ''}"
+                  f"{plan.finals_per_variant} final trials = {self.total}")
         self.line(f"run folder: {plan.run_dir}")
         self.line(f"{self.stamp()} preparing: data, target model, adversarial sets (each built once, then cached)")
 

@@ -238,14 +238,16 @@ def search(plan: Plan, prepared: Prepared, on_event=None) -> list:
     from sweeps.recorder import Recorder
     from sweeps.schedule import build_schedule
     from sweeps.trial import train_defense
-    from sweeps.trialspec import search_group
+    from sweeps.spaces import PARETO
+    from sweeps.trialspec import PARETO_KEYS, search_group
 
     s = plan.space
+    pareto = s.objective == PARETO
 
     def make_searcher(variant, search_space, first_point):
         return _optuna.TpeSearcher(url=plan.optuna_url, study_name=plan.study_name(variant), search=search_space,
                                    seed=plan.seed, startup_trials=min(s.startup_trials, plan.num_samples),
-                                   first_point=first_point)
+                                   first_point=first_point, objectives=len(PARETO_KEYS) if pareto else 1)
 
     job = _ray.TuneJob(
         name="sweep",
@@ -256,6 +258,7 @@ def search(plan: Plan, prepared: Prepared, on_event=None) -> list:
         cpus_per_trial=plan.cpus_per_trial,
         gpus_per_trial=plan.gpus_per_trial,
         asha=s.asha(),
+        early_stopping=not pareto,  # README: a scalar would prune the front's far ends
     )
     start = time.perf_counter()
     recorder = Recorder(prepared.tracker, prepared.parent, on_event)
@@ -287,7 +290,7 @@ def publish(plan: Plan, prepared: Prepared, outcomes: list) -> Path:
     finals = [o for o in outcomes if o.spec.phase == FINAL]
     summary = build_summary(header=summary_header(plan, prepared), search=searches, final=finals,
                             best_artifact=folder.best_artifact)
-    _collect_final_files(finals, folder)
+    _collect_final_files(finals, folder, summary)
     if summary["best"] is not None:
         best = next(o for o in finals if o.trial_id == summary["best"]["trial_id"])
         shutil.rmtree(folder.best_dir, ignore_errors=True)
@@ -345,13 +348,18 @@ def _study_done(job, result, seconds: float) -> None:
                                            seconds, record["metrics"].get(WORST_UNKNOWN_TEST, float("nan")))
 
 
-def _collect_final_files(finals: list, folder: RunFolder) -> None:
+def _collect_final_files(finals: list, folder: RunFolder, summary: Mapping[str, Any]) -> None:
     """What each final trial saved with its checkpoint (robustness curve, per-example correctness,
-    restored images) under ``finals/<variant>-seed<k>/``: the study and the report read it there."""
+    restored images) under ``finals/<variant>-seed<k>/``: the study and the report read it there.
+    A pareto variant runs several front members per seed: ``<variant>-seed<k>`` holds its best
+    member's (the finals of the variant's summary entry), ``<variant>-front<m>-seed<k>`` the others'."""
     for o in finals:
         if o.checkpoint is None:
             continue
-        dest = folder.final(o.spec.variant, o.spec.seed)
+        kept = {run["trial_id"] for run in summary["variants"].get(o.spec.variant, {}).get("seeds", [])}
+        name = o.spec.variant if o.spec.front_member is None or o.trial_id in kept else \
+            f"{o.spec.variant}-front{o.spec.front_member}"
+        dest = folder.final(name, o.spec.seed)
         dest.mkdir(parents=True, exist_ok=True)
         with o.checkpoint.local_dir() as path:
             for name in FINAL_FILES:

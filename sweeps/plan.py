@@ -12,7 +12,7 @@ from typing import Any
 
 from addd.errors import AdddError
 from addd.runfolder import RunFolder, experiment_name
-from sweeps.spaces import Space
+from sweeps.spaces import PARETO, Space
 
 
 class SweepError(AdddError):
@@ -64,6 +64,11 @@ class Plan:
     def experiment(self) -> str:
         return experiment_name(self.space.name)
 
+    @property
+    def finals_per_variant(self) -> int:
+        """The most seed re-runs a variant runs: seeds, times front_size for a pareto search (its front may be smaller)."""
+        return self.seeds * (self.space.front_size if self.space.objective == PARETO else 1)
+
     def study_name(self, variant: str) -> str:
         return f"{self.space.name}{'-smoke' if self.smoke else ''}-{variant}"
 
@@ -88,9 +93,9 @@ class Plan:
             "variants": list(s.variants),
             "trials_per_variant": self.num_samples,
             "tpe_startup_trials": min(s.startup_trials, self.num_samples),
-            "asha": s.asha(),
+            "asha": s.asha() if s.objective != PARETO else "none: objective pareto runs every trial to its end (FIFO)",
             "seeds": self.seeds,
-            "total_trials": len(s.variants) * (self.num_samples + self.seeds),
+            "total_trials": len(s.variants) * (self.num_samples + self.finals_per_variant),  # pareto: at most
             "finalists": s.describe_finalists(),
             "study": "fixed ablations of the best full config, baselines no_defense / ape_gan / adv_training, "
                      "paired-bootstrap differences to full" if self.study else "skipped (--no-study)",

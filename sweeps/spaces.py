@@ -33,7 +33,12 @@ OBJECTIVES: dict[str, str] = {
                  "maximised (the paper's reading)",
     "worst": "val min(worst-case accuracy over the trial's unknown oblivious attacks, the adaptive probe: "
              "white-box PGD through M_t(G(E(x)))), maximised",
+    "pareto": "Optuna multi-objective search over (val reconstruction accuracy, val worst-case accuracy over the "
+              "trial's unknown oblivious attacks, the adaptive probe), each maximised; no early stopping; the "
+              "finalists are the front (at most front_size members, spread along it); the trial's scalar "
+              "objective is the min of the three, for display only",
 }
+PARETO = "pareto"  # the multi-objective objective: sweeps.schedule re-runs its front, sweeps._ray never stops a trial
 
 
 # ----------------------------------------------------------------------------- search domains
@@ -133,6 +138,7 @@ class Space:
     objective: str = "oblivious"
     probe_n: int = 128  # at most n_val
     probe_steps: int = 20
+    front_size: int = 3  # objective "pareto": at most this many front members re-run over the seeds
     smoke_overrides: Mapping[str, Any] = field(default_factory=dict)  # Space fields for --smoke
     # For spaces at a paper's settings: every size or setting that is not the paper's, and why.
     differs_from_paper: tuple[str, ...] = ()
@@ -184,6 +190,7 @@ class Space:
             "probe": {"attack": "white-box PGD through M_t(G(E(x))), CE and margin (worse of the two), random start",
                       "val_examples": self.probe_n, "steps": self.probe_steps, "seed": PROBE_SEED,
                       "eps": "the dataset's PGD eps"},
+            "front_size": self.front_size,
         }
 
     def base_config(self) -> DefenseConfig:
@@ -309,10 +316,15 @@ class Space:
             raise SpaceError(f"{where}: paper_weights {self.paper_weights!r}; valid: {', '.join(PAPER_LOSS_WEIGHTS)}")
 
     def _check_objective(self, where: str) -> None:
-        """A known objective; probe sizes >= 1, the probe's images within the validation split."""
+        """A known objective (pareto: the probe is one of its figures); probe sizes and front_size >= 1,
+        the probe's images within the validation split."""
         if self.objective not in OBJECTIVES:
             raise SpaceError(f"{where}: unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
-        for name in ("probe_n", "probe_steps"):
+        if self.objective == PARETO and (isinstance(self.probe_n, bool) or not isinstance(self.probe_n, int)
+                                         or self.probe_n < 1):
+            raise SpaceError(f"{where}: objective pareto needs the adaptive probe (one of its three figures): "
+                             f"probe_n must be >= 1, got {self.probe_n!r}")
+        for name in ("probe_n", "probe_steps", "front_size"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SpaceError(f"{where}: {name} must be a whole number >= 1, got {value!r}")

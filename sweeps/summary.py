@@ -13,7 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from addd import figures
 from addd.figures import legend
-from sweeps.trialspec import EPOCH, TrialOutcome, is_finite, ran_config
+from sweeps.trialspec import EPOCH, PARETO_KEYS, TrialOutcome, is_finite, ran_config
 
 # the figures computed on the validation split only (the search's probe): summary["..."]["val"]
 VAL_FIGURES: tuple[str, ...] = (figures.PROBE, figures.WORST_WITH_PROBE)
@@ -98,25 +98,18 @@ def build_summary(
     """``header`` (space, hashes, splits, plan) + per variant: its search (complete, stopped-early
     and failed trials; the best complete one), the best config (:func:`config_entry`: as recorded
     and as it trained; the seed re-runs differ from it only in ``train.seed``), and per seed re-run the test
-    figures of both threat models, with mean, std and 95% interval over seeds. ``best`` is the
+    figures of both threat models, with mean, std and 95% interval over seeds (a pareto variant: those
+    of its best member, and every member in ``front``, :func:`front_entries`). ``best`` is the
     final run with the highest validation objective (its checkpoint is ``best_artifact``), or
     None with the reason."""
     variants: dict[str, Any] = {}
     for variant, outcomes in search.items():
         search_entry, best = _search_entry(outcomes)
         runs = sorted((o for o in final if o.spec.variant == variant), key=lambda o: o.spec.seed)
-        per_seed = [
-            {
-                "seed": o.spec.seed,
-                "trial_id": o.trial_id,
-                "val_objective": o.objective,
-                "error": o.failure,
-                "test": prefixed(o.metrics, "test"),
-                "adaptive": prefixed(o.metrics, "adaptive"),
-                "val": val_figures(o.metrics),
-            }
-            for o in runs
-        ]
+        front = front_entries(outcomes, runs)
+        if front is not None and best is not None:  # a pareto variant: its own figures are its best member's
+            runs = [o for o in runs if o.spec.same_config(best.spec)]
+        per_seed = seed_entries(runs)
         variants[variant] = {
             "search": search_entry,
             **config_entry(best.spec.to_config() if best else None),
@@ -124,6 +117,7 @@ def build_summary(
             "test": over_seeds(per_seed, "test"),
             "adaptive": over_seeds(per_seed, "adaptive"),
             "val": over_seeds(per_seed, "val"),
+            **({} if front is None else {"front": front}),
         }
     finalists = [o for o in final if o.failure is None]
     best_run = max(finalists, key=lambda o: o.objective) if finalists else None
@@ -147,6 +141,45 @@ def build_summary(
         "best": best,
         "best_reason": None if best else "no seed re-run finished with a finite objective; see each variant's search",
     }
+
+
+def seed_entries(runs: Sequence[TrialOutcome]) -> list[dict[str, Any]]:
+    """Per final (seed re-run): its seed, trial, validation objective, error and figures by threat model."""
+    return [
+        {
+            "seed": o.spec.seed,
+            "trial_id": o.trial_id,
+            "val_objective": o.objective,
+            "error": o.failure,
+            "test": prefixed(o.metrics, "test"),
+            "adaptive": prefixed(o.metrics, "adaptive"),
+            "val": val_figures(o.metrics),
+        }
+        for o in runs
+    ]
+
+
+def front_entries(search: Sequence[TrialOutcome], finals: Sequence[TrialOutcome]) -> list[dict[str, Any]] | None:
+    """A pareto variant's front (None for a variant whose finals carry no front member): per member,
+    in front order, its config (:func:`config_entry` of the search trial it re-runs), that trial's
+    search values (the :data:`PARETO_KEYS` figures and its scalar objective) and its seeds'
+    figures with mean, std and 95% interval over seeds, like a variant entry."""
+    members = sorted({o.spec.front_member for o in finals if o.spec.front_member is not None})
+    if not members:
+        return None
+    entries = []
+    for member in members:
+        runs = [o for o in finals if o.spec.front_member == member]
+        source = next((o for o in search if o.spec.same_config(runs[0].spec)), None)
+        values = {key: source.metrics.get(key) for key in PARETO_KEYS} if source else {}
+        per_seed = seed_entries(runs)
+        entries.append(runs[0].spec.front_entry(
+            **config_entry(source.config if source else None),
+            search_trial_id=source.trial_id if source else None,
+            search_values={**values, "objective": source.objective if source else None},
+            seeds=per_seed, test=over_seeds(per_seed, "test"), adaptive=over_seeds(per_seed, "adaptive"),
+            val=over_seeds(per_seed, "val")))
+    return entries
 
 
 def val_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,8 @@ from addd.advcache import AdvSet
 from addd.errors import AdddError
 from addd.evaluate import ReferencePredictions, evaluate, reference_predictions
 from addd.runfolder import CURVE_FILE, DEFENSE_FILE, IMAGES_FILE, PER_EXAMPLE_FILE
-from sweeps.trialspec import EPOCH, FAILURE, FINAL, OBJECTIVE, SEARCH, TrialSpec
+from sweeps.spaces import PARETO
+from sweeps.trialspec import EPOCH, FAILURE, FINAL, OBJECTIVE, PARETO_KEYS, SEARCH, TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ PROBE_KEY = figures.FIGURES[figures.PROBE].trial_key()  # val/probe.pgd_worst
 WORST_WITH_PROBE_KEY = figures.FIGURES[figures.WORST_WITH_PROBE].trial_key()  # val/worst.unknown_with_probe
 WORST_UNKNOWN_KEY = figures.FIGURES[figures.WORST_UNKNOWN].trial_key("val")  # val/worst.unknown
 # space objective -> the trial report key that becomes the trial's ``objective``
+# ("pareto" has no one key: its scalar ``objective`` is the min of its PARETO_KEYS, see search_objective)
 OBJECTIVE_KEYS: dict[str, str] = {"oblivious": WORST_UNKNOWN_KEY, "worst": WORST_WITH_PROBE_KEY}
 
 
@@ -238,10 +240,18 @@ def probe_split(defense: nn.Module, ctx: TrialContext) -> dict[str, float]:
 def search_objective(metrics: Mapping[str, float], objective: str) -> dict[str, float]:
     """What a trial adds to its validation ``metrics`` (oblivious figures and, if run, the probe):
     ``val/worst.unknown_with_probe`` = min(worst unknown, probe) when the probe ran, and
-    ``objective``, the key ``OBJECTIVE_KEYS[objective]`` names ("worst" needs the probe)."""
+    ``objective``, the key ``OBJECTIVE_KEYS[objective]`` names ("worst" needs the probe). For
+    "pareto" (probe needed) ``objective`` is min(reconstruction, worst unknown, probe): a scalar for
+    the console and summary only; the multi-objective study is told the three values, and no
+    early stopping compares it."""
     out: dict[str, float] = {}
     if PROBE_KEY in metrics:
         out[WORST_WITH_PROBE_KEY] = min(metrics[WORST_UNKNOWN_KEY], metrics[PROBE_KEY])
+    if objective == PARETO:
+        if PROBE_KEY not in metrics:
+            raise ProbeError("objective 'pareto' needs the adaptive probe, and this trial has none")
+        out[OBJECTIVE] = min(metrics[key] for key in PARETO_KEYS)
+        return out
     key = OBJECTIVE_KEYS.get(objective)
     if key is None:
         raise ProbeError(f"unknown objective {objective!r}; valid: {', '.join(OBJECTIVE_KEYS)}")

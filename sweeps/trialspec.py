@@ -4,7 +4,8 @@ A trial's config, as Ray Tune carries it, is a flat dict::
 
     {"phase": "search" | "final", "variant": "<ablation>", "known_attacks": "PGDu+PGDt", <flat DefenseConfig keys>...}
 
-Only this module writes or reads the ``phase``/``variant`` keys: trial configs are made by
+Only this module writes or reads the ``phase``/``variant`` keys (and ``front_member``: which
+member of a pareto search's front a final re-runs): trial configs are made by
 :meth:`TrialSpec.search`, :meth:`TrialSpec.final` and :meth:`TrialSpec.rerun`, read by
 :meth:`TrialSpec.parse` (once, at the edge; then typed values), and recorded through
 :meth:`TrialSpec.tags`, :meth:`TrialSpec.child_params`, :meth:`TrialSpec.ran_config`,
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Protocol
 
+from addd import figures
 from addd.config import ablation, from_flat_dict, pair_attacks, pair_name, to_flat_dict
 
 SEARCH, FINAL = "search", "final"
@@ -33,9 +35,15 @@ OBJECTIVE = "objective"  # = val/worst.unknown: what Optuna maximises and ASHA c
 EPOCH = "epoch"  # the training epoch a result was reported after (1-based)
 FAILURE = "failure"  # result key: why a trial ended without a result (e.g. a non-finite loss)
 _PHASE, _VARIANT, _KNOWN = "phase", "variant", "known_attacks"
+_FRONT = "front_member"  # a final of a multi-objective (pareto) search: which front member it re-runs (0-based)
+# objective "pareto": the search trial's report keys told to the multi-objective study, each maximised,
+# in this order (reconstruction accuracy, oblivious worst unknown, adaptive probe; all on val)
+PARETO_KEYS: tuple[str, ...] = (figures.FIGURES[figures.RECONSTRUCTION].trial_key("val"),
+                                figures.FIGURES[figures.WORST_UNKNOWN].trial_key("val"),
+                                figures.FIGURES[figures.PROBE].trial_key())
 PHASE_KEY = _PHASE  # the events log (events.jsonl) names a trial's phase with the same key
 
-__all__ = ["EPOCH", "FAILURE", "FINAL", "OBJECTIVE", "PHASES", "SEARCH", "CheckpointRef", "LocalCheckpoint",
+__all__ = ["EPOCH", "FAILURE", "FINAL", "OBJECTIVE", "PARETO_KEYS", "PHASES", "SEARCH", "CheckpointRef", "LocalCheckpoint",
            "TrialOutcome", "TrialSpec", "ended_early", "final_params", "is_finite", "is_trial_config",
            "pair_attacks", "pair_name", "ran_config", "search_group"]
 
@@ -48,6 +56,7 @@ class TrialSpec:
     phase: str
     variant: str
     flat: Mapping[str, Any] = field(default_factory=dict)
+    front_member: int | None = None  # finals of a pareto search: the index of the front member re-run
 
     def __post_init__(self) -> None:
         if self.phase not in PHASES:
@@ -59,30 +68,35 @@ class TrialSpec:
         return cls.parse({**flat, _PHASE: SEARCH, _VARIANT: variant})
 
     @classmethod
-    def final(cls, variant: str, flat: Mapping[str, Any], seed: int) -> "TrialSpec":
-        """A final (seed re-run) trial of ``variant`` on ``flat``, trained with ``train.seed = seed``."""
-        return cls.parse({**flat, "train.seed": seed, _PHASE: FINAL, _VARIANT: variant})
+    def final(cls, variant: str, flat: Mapping[str, Any], seed: int, front_member: int | None = None) -> "TrialSpec":
+        """A final (seed re-run) trial of ``variant`` on ``flat``, trained with ``train.seed = seed``;
+        ``front_member``: which member of a pareto search's front it re-runs (None: the best config)."""
+        front = {} if front_member is None else {_FRONT: int(front_member)}
+        return cls.parse({**flat, "train.seed": seed, _PHASE: FINAL, _VARIANT: variant, **front})
 
     @classmethod
     def parse(cls, config: Mapping[str, Any]) -> "TrialSpec":
         """Read a trial config (as Ray hands it to trials, callbacks and schedulers)."""
-        flat = {k: v for k, v in config.items() if k not in (_PHASE, _VARIANT)}
+        flat = {k: v for k, v in config.items() if k not in (_PHASE, _VARIANT, _FRONT)}
         if isinstance(flat.get(_KNOWN), str):
             flat[_KNOWN] = pair_attacks(flat[_KNOWN])
         elif _KNOWN in flat:
             flat[_KNOWN] = tuple(flat[_KNOWN])
-        return cls(config[_PHASE], config[_VARIANT], flat)
+        front = config.get(_FRONT)
+        return cls(config[_PHASE], config[_VARIANT], flat, None if front is None else int(front))
 
     def to_config(self) -> dict[str, Any]:
         """The flat dict Ray carries (JSON-friendly: the pair as one string)."""
         flat = dict(self.flat)
         if _KNOWN in flat:
             flat[_KNOWN] = pair_name(flat[_KNOWN])
-        return {_PHASE: self.phase, _VARIANT: self.variant, **flat}
+        front = {} if self.front_member is None else {_FRONT: self.front_member}
+        return {_PHASE: self.phase, _VARIANT: self.variant, **front, **flat}
 
     def tags(self) -> dict[str, str]:
-        """The MLflow tags of this trial's child run: its phase and variant."""
-        return {_PHASE: self.phase, _VARIANT: self.variant}
+        """The MLflow tags of this trial's child run: its phase, variant and (pareto finals) front member."""
+        front = {} if self.front_member is None else {_FRONT: str(self.front_member)}
+        return {_PHASE: self.phase, _VARIANT: self.variant, **front}
 
     def run_name(self, trial_id: str) -> str:
         """The MLflow child run's name: ``<phase>-<variant>-<trial id>``."""
@@ -98,7 +112,18 @@ class TrialSpec:
 
     def best_entry(self, val_objective: float | None, **more: Any) -> dict[str, Any]:
         """summary.json's ``best``: this final's variant and seed, its validation objective, then ``more``."""
-        return {_VARIANT: self.variant, "seed": self.seed, "val_objective": val_objective, **more}
+        front = {} if self.front_member is None else {_FRONT: self.front_member}
+        return {_VARIANT: self.variant, "seed": self.seed, **front, "val_objective": val_objective, **more}
+
+    def front_entry(self, **more: Any) -> dict[str, Any]:
+        """summary.json's entry of a pareto front member: its ``front_member`` index, then ``more``."""
+        return {_FRONT: self.front_member, **more}
+
+    def same_config(self, other: "TrialSpec") -> bool:
+        """Whether ``other`` trains this variant's config up to ``train.seed`` (a final and the search trial it re-runs)."""
+        def unseeded(spec: "TrialSpec") -> dict[str, Any]:
+            return {k: v for k, v in spec.flat.items() if k != "train.seed"}
+        return self.variant == other.variant and unseeded(self) == unseeded(other)
 
     def defense_config(self):
         """The typed :class:`addd.config.DefenseConfig` of this trial, the variant's ablation applied."""
@@ -117,9 +142,9 @@ class TrialSpec:
     def known_attacks(self) -> tuple[str, ...]:
         return tuple(self.flat.get(_KNOWN, ()))
 
-    def rerun(self, seed: int) -> "TrialSpec":
-        """This config as a final (seed re-run) trial."""
-        return TrialSpec.final(self.variant, self.flat, seed)
+    def rerun(self, seed: int, front_member: int | None = None) -> "TrialSpec":
+        """This config as a final (seed re-run) trial (of front member ``front_member``, if given)."""
+        return TrialSpec.final(self.variant, self.flat, seed, front_member)
 
 
 def is_trial_config(config: Mapping[str, Any]) -> bool:

@@ -14,7 +14,7 @@ from sweeps.trialspec import TrialSpec
 
 def _plan(tmp_path: Path, tracking_uri: str):
     space = SimpleNamespace(name="digits_ablation", variants=("full", "no_dp"))
-    return SimpleNamespace(space=space, smoke=True, num_samples=2, seeds=1, run_dir=tmp_path / "run",
+    return SimpleNamespace(space=space, smoke=True, num_samples=2, seeds=1, finals_per_variant=1, run_dir=tmp_path / "run",
                            tracking_uri=tracking_uri, optuna_url=f"sqlite:///{tmp_path}/run/optuna.db")
 
 

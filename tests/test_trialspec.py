@@ -79,9 +79,9 @@ def test_the_pair_spelling_has_one_parser():
 
 @pytest.mark.parametrize("folder", ["sweeps", "bench"])
 def test_no_other_module_spells_the_trial_config_keys(folder):
-    """Only sweeps/trialspec.py spells the ``"phase"`` key, and nobody splits ``"+"`` (addd.config
+    """Only sweeps/trialspec.py spells the ``"phase"`` and ``"front_member"`` keys, and nobody splits ``"+"`` (addd.config
     parses the pair). (A checkpoint's own ``"variant"`` metadata in sweeps/trial.py is not a trial config.)"""
-    pattern = re.compile(r"""["']phase["']|split\(["']\+|replace\(["']\+""")
+    pattern = re.compile(r"""["'](phase|front_member)["']|split\(["']\+|replace\(["']\+""")
     found = [f"{path.relative_to(REPO)}:{n}" for path in sorted((REPO / folder).rglob("*.py"))
              if path.name != "trialspec.py"
              for n, line in enumerate(path.read_text().splitlines(), 1) if pattern.search(line)]
