@@ -18,8 +18,12 @@ def _plan(tmp_path: Path, tracking_uri: str):
                            tracking_uri=tracking_uri, optuna_url=f"sqlite:///{tmp_path}/run/optuna.db")
 
 
-def test_plain_console_one_line_per_trial_and_where_results_are(tmp_path):
+def test_plain_console_one_line_per_trial_and_where_results_are(tmp_path, monkeypatch):
     out = io.StringIO()
+    # a sweep's Ray logger propagates to the root (sweeps._ray.init sets it); importing ray in an
+    # earlier test leaves it not propagating, so set it as the sweep does
+    monkeypatch.setattr(logging.getLogger("ray"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("ray.tune"), "propagate", True)
     console = SweepConsole(out, live=False).configure_logging()
     try:
         logging.getLogger("sweeps.test").info("detail before the run folder exists")
