@@ -21,7 +21,8 @@ def ablation_bars(table: pd.DataFrame, summary: Mapping, known: Sequence[str], t
 
     ``table``: ablations.report.accuracy_table (columns variant, kind, figure, attack, mean, std)."""
     obl = table[table["threat_model"] == F.THREAT_WORDS[F.OBLIVIOUS]]
-    obl = obl[obl["figure"].map(lambda name: F.figure(name).attack is not None)]
+    per_attack = obl["figure"].map(lambda name: F.figure(name).attack is not None).astype(bool)
+    obl = obl[per_attack]  # a boolean mask (an empty object one would select columns)
     attacks = [a for a in (summary.get("eval_attacks") or list(dict.fromkeys(obl["attack"]))) if a in set(obl["attack"])]
     groups = [(kind, label) for kind, label in (("tuned", "tuned ablations"), ("fixed", "fixed ablations (full's config)"),
                                                 ("baseline", "baselines")) if (obl["kind"] == kind).any()]

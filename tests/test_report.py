@@ -132,3 +132,11 @@ def test_a_defense_trained_on_online_adaptive_pgd_has_its_adaptive_pgd_marked_kn
     per_attack = per_attack_overview({**summary, "variants": {"full": {**entry, "known_attacks": ["PGDu", "PGDa"]}},
                                       "fixed": {}, "baselines": {}})
     assert per_attack.filter(like="pgd_worst").iloc[0, 0].endswith(" *")
+
+
+def test_a_summary_without_any_final_still_gets_its_report(tmp_path):
+    """Every trial failed (e.g. a non-finite loss): no test figures, yet the report and its plot are written."""
+    summary = {**_summary(), "variants": {"full": {"search": {"trials": 2, "failed": 2}, "seeds": [], "test": {},
+                                                   "adaptive": {}}}, "fixed": {}, "baselines": {}, "comparisons": {}}
+    paths = build_report(summary, tmp_path)
+    assert (tmp_path / "ablation.png") in paths and (tmp_path / "report.md").read_text().startswith("# Ablation report")
