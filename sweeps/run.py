@@ -384,6 +384,8 @@ def resume_command(argv: list[str], run_dir: Path | None) -> str:
     run folder already holds its state, else the same command again."""
     import shlex
 
+    from addd.runfolder import RunFolder
+
     script = sys.argv[0] if sys.argv and sys.argv[0].endswith("run.py") else "sweeps/run.py"
     args = [a for a in argv if a != "--resume"]
     if run_dir is not None and RunFolder(run_dir).state.exists():
