@@ -440,6 +440,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: Tune saved the search's state (sweeps._ray.TuneInterrupted), or a 2nd Ctrl-C
+        import signal
+
+        # the sweep is ending: a further Ctrl-C must not interrupt Ray's own shutdown (an atexit
+        # handler), which would print "Exception ignored in atexit callback" and a traceback
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         console.stop_live()
         command = resume_command(sys.argv[1:] if argv is None else list(argv), plan.run_dir if plan else None)
         print(f"interrupted: {'resume' if command.endswith('--resume') else 'start it again'} with {command}",
