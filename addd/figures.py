@@ -216,16 +216,6 @@ def adaptive_beside(attack: str) -> Figure | None:
     return FIGURES[name] if name else None
 
 
-def register(fig: Figure) -> Figure:
-    """Add a figure (e.g. a probe or an objective) to the registry; its name must be new."""
-    if fig.name in FIGURES and FIGURES[fig.name] != fig:
-        raise FigureError(f"figure {fig.name!r} is already registered as {FIGURES[fig.name]}")
-    if fig.threat not in THREAT_MODELS:
-        raise FigureError(f"figure {fig.name!r}: threat model {fig.threat!r}; valid: {', '.join(THREAT_MODELS)}")
-    FIGURES[fig.name] = fig
-    return fig
-
-
 # an online known attack (addd.attack_names) -> the adaptive figures it makes *known* to a defense
 # trained on it: PGDa is CE-loss PGD through M_t∘G∘E, so the CE run and the CE+margin worst case
 # (and the search's probe) are no longer attacks the defense never saw; margin-only PGD, AutoAttack

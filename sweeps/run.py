@@ -393,6 +393,32 @@ def resume_command(argv: list[str], run_dir: Path | None) -> str:
     return "python " + shlex.join([script, *args])
 
 
+def _failed(plan, exc: Exception, argv: list[str]) -> int:
+    """A full disk or a project error: one line, exit 2; anything else is raised again."""
+    where = full_folder(plan, exc) if plan is not None else None
+    if where is not None:
+        print(f"error: the disk filled up: {where}; free space there (or pass that option a larger disk), "
+              f"then continue with {resume_command(argv, plan.run_dir)}", file=sys.stderr)
+        return 2
+    if not isinstance(exc, AdddError):  # every project error; the message says what to do
+        raise exc
+    print(f"error: {_one_line(exc)}", file=sys.stderr)
+    return 2
+
+
+def _interrupted(plan, argv: list[str]) -> int:
+    """Ctrl-C: the line that says how to continue, exit 130."""
+    import signal
+
+    # the sweep is ending: a further Ctrl-C must not interrupt Ray's own shutdown (an atexit
+    # handler), which would print "Exception ignored in atexit callback" and a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    command = resume_command(argv, plan.run_dir if plan else None)
+    print(f"interrupted: {'resume' if command.endswith('--resume') else 'start it again'} with {command}",
+          file=sys.stderr)
+    return INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -429,27 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         console.stop_live()
         if args.verbose:
             raise
-        where = full_folder(plan, exc) if plan is not None else None
-        if where is not None:
-            command = resume_command(sys.argv[1:] if argv is None else list(argv), plan.run_dir)
-            print(f"error: the disk filled up: {where}; free space there (or pass that option a larger disk), "
-                  f"then continue with {command}", file=sys.stderr)
-            return 2
-        if not isinstance(exc, AdddError):  # every project error; the message says what to do
-            raise
-        print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        return _failed(plan, exc, sys.argv[1:] if argv is None else list(argv))
     except KeyboardInterrupt:  # Ctrl-C: Tune saved the search's state (sweeps._ray.TuneInterrupted), or a 2nd Ctrl-C
-        import signal
-
-        # the sweep is ending: a further Ctrl-C must not interrupt Ray's own shutdown (an atexit
-        # handler), which would print "Exception ignored in atexit callback" and a traceback
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         console.stop_live()
-        command = resume_command(sys.argv[1:] if argv is None else list(argv), plan.run_dir if plan else None)
-        print(f"interrupted: {'resume' if command.endswith('--resume') else 'start it again'} with {command}",
-              file=sys.stderr)
-        return INTERRUPTED
+        return _interrupted(plan, sys.argv[1:] if argv is None else list(argv))
     finally:
         console.stop_live()
     console.finish(summary_path)

@@ -4,7 +4,7 @@ Leaves out what differs between two runs of the same sweep by nature: ids, paths
 seconds, the code version, MLflow run ids (keys containing one of IGNORED). Exit status 1 when a
 figure differs.
 
-    python bench/summary_diff.py runs/before/summary.json runs/after/summary.json
+    python tools/summary_diff.py runs/before/summary.json runs/after/summary.json
 """
 
 from __future__ import annotations
