@@ -169,3 +169,31 @@ def robustness_curves(curves: Mapping[str, pd.DataFrame], title: str) -> plt.Fig
     figure.suptitle(title, fontsize=10)
     figure.tight_layout(rect=(0, 0.08, 1, 0.95))
     return figure
+
+
+def pareto_plot(points: pd.DataFrame, references: pd.DataFrame, y_label: str, title: str) -> plt.Figure:
+    """The front against the references: y (an adaptive figure) against reconstruction accuracy,
+    mean over seeds with ± std bars. ``points``: one row per front member, columns label, x, x_std,
+    y, y_std, colour (oblivious worst unknown: the colour scale); ``references``: the same columns
+    but colour, drawn as labelled black markers (no_defense, ape_gan, adv_training, the paper's setting)."""
+    figure, ax = plt.subplots(figsize=(6.4, 4.6))
+    if not points.empty:
+        ax.errorbar(points["x"], points["y"], xerr=points["x_std"], yerr=points["y_std"], fmt="none",
+                    ecolor="0.6", elinewidth=0.8, zorder=1)
+        dots = ax.scatter(points["x"], points["y"], c=points["colour"], cmap="viridis", vmin=0, vmax=1, s=60,
+                          edgecolors="black", linewidths=0.5, zorder=2)
+        for row in points.itertuples():
+            ax.annotate(row.label, (row.x, row.y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        figure.colorbar(dots, ax=ax, label="oblivious worst unknown (test)")
+    for row, marker in zip(references.itertuples(), "sD^vP"):
+        ax.errorbar([row.x], [row.y], xerr=[row.x_std], yerr=[row.y_std], fmt=marker, color="black", markersize=7,
+                    elinewidth=0.8, capsize=2, zorder=3, label=row.label)
+    ax.set_xlabel("reconstruction accuracy M_t(G(E(x))), no attack (test)")
+    ax.set_ylabel(y_label)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if not references.empty:
+        ax.legend(loc="best", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure

@@ -241,26 +241,92 @@ def pareto_table(summary: Mapping[str, Any]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# the references drawn beside the front (study baselines; paper_setting: the paper's App. D setting)
+PARETO_REFERENCES: tuple[str, ...] = ("no_defense", "ape_gan", "adv_training", "paper_setting")
+
+
+def _members(summary: Mapping[str, Any]) -> list[tuple[str, int, Mapping[str, Any]]]:
+    return [(variant, index, member) for variant, entry in summary.get("variants", {}).items()
+            for index, member in enumerate(entry.get("front") or ())]
+
+
+def pareto_y_figure(summary: Mapping[str, Any]) -> F.Figure:
+    """The plot's and the sentence's robustness figure: adaptive AutoAttack L∞ where the run has it,
+    else adaptive PGD (a space without AutoAttack)."""
+    aa = F.figure("adaptive.aa_linf")
+    has_aa = any((_figure(m, aa) or {}).get("mean") is not None for _, _, m in _members(summary))
+    return aa if has_aa else F.figure("adaptive.pgd_worst")
+
+
+def pareto_points(summary: Mapping[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The front members and the references as the plot's rows (label, x, x_std, y, y_std, colour):
+    x = reconstruction, y = :func:`pareto_y_figure`, colour = oblivious worst unknown; means over seeds."""
+    y_fig = pareto_y_figure(summary)
+
+    def row(label: str, entry: Mapping[str, Any]) -> dict[str, Any] | None:
+        x, y = _figure(entry, F.RECONSTRUCTION) or {}, _figure(entry, y_fig) or {}
+        if x.get("mean") is None or y.get("mean") is None:
+            return None
+        return {"label": label, "x": x["mean"], "x_std": x.get("std", 0.0), "y": y["mean"], "y_std": y.get("std", 0.0),
+                "colour": (_figure(entry, F.WORST_UNKNOWN) or {}).get("mean", float("nan"))}
+
+    members = [row(f"{v} m{i}", m) for v, i, m in _members(summary)]
+    baselines = summary.get("baselines") or {}
+    references = [row(name, baselines[name]) for name in PARETO_REFERENCES if name in baselines]
+    columns = ["label", "x", "x_std", "y", "y_std", "colour"]
+    return (pd.DataFrame([r for r in members if r], columns=columns),
+            pd.DataFrame([r for r in references if r], columns=columns))
+
+
+def _interval_words(member: Mapping[str, Any], figure: str) -> str:
+    d = ((member.get("vs_adv_training") or {}).get("figures") or {}).get(figure)
+    if not d:
+        return "no paired interval (run the study: `python -m sweeps.study --sweep <run folder>`)"
+    lo, hi = d["ci95"]
+    return (f"paired difference {d['difference']:+.3f}, 95% paired-bootstrap interval [{lo:+.3f}, {hi:+.3f}] over "
+            f"{d['n_seeds']} seeds x {d['n_examples']} test images: {d['verdict']}")
+
+
 def _pareto_words(summary: Mapping[str, Any]) -> str:
-    """One sentence: the front member with the highest adaptive AutoAttack L-inf against adv_training's."""
-    aa_linf = F.figure("adaptive.aa_linf")
-    members = [(variant, index, member) for variant, entry in summary.get("variants", {}).items()
-               for index, member in enumerate(entry.get("front") or ())
-               if (_figure(member, aa_linf) or {}).get("mean") is not None]
+    """In words: does any front member dominate adv_training (a higher adaptive figure at no lower
+    reconstruction), and the best member by the adaptive figure against it, with the paired interval."""
+    y_fig = pareto_y_figure(summary)
+    members = [(v, i, m) for v, i, m in _members(summary) if (_figure(m, y_fig) or {}).get("mean") is not None]
     if not members:
-        return "No front member has an adaptive AutoAttack L∞ figure (the space runs no AutoAttack)."
-    variant, index, member = max(members, key=lambda m: _figure(m[2], aa_linf)["mean"])
-    ours = _figure(member, aa_linf)
-    head = (f"The best front member by adaptive AutoAttack L∞ ({variant} member {index}) scores "
+        return "No front member has an adaptive AutoAttack L∞ or adaptive PGD figure."
+    variant, index, member = max(members, key=lambda m: _figure(m[2], y_fig)["mean"])
+    ours = _figure(member, y_fig)
+    head = (f"The best front member by {y_fig.header} ({variant} member {index}) scores "
             f"{fmt(ours)} at reconstruction {fmt(_figure(member, F.RECONSTRUCTION))}")
     baseline = (summary.get("baselines") or {}).get("adv_training")
-    theirs = _figure(baseline, aa_linf) if baseline else None
+    theirs = _figure(baseline, y_fig) if baseline else None
     if not theirs or theirs.get("mean") is None:
         return head + "; no adv_training baseline in this run."
+    recon = (_figure(baseline, F.RECONSTRUCTION) or {}).get("mean", float("nan"))
+    dominating = [(v, i) for v, i, m in members if _figure(m, y_fig)["mean"] > theirs["mean"]
+                  and (_figure(m, F.RECONSTRUCTION) or {}).get("mean", float("-inf")) >= recon]
+    answer = (f"**Yes**: {', '.join(f'{v} member {i}' for v, i in dominating)} dominate(s) adversarial training "
+              if dominating else "**No**: no front member dominates adversarial training ")
     difference = ours["mean"] - theirs["mean"]
-    return (head + f", against adv_training's {fmt(theirs)} at reconstruction "
-            f"{fmt(_figure(baseline, F.RECONSTRUCTION))}: {'higher' if difference > 0 else 'not higher'} by "
-            f"{difference:+.3f} (means over seeds; no paired interval computed here).")
+    return (answer + f"(a higher {y_fig.header} at no lower reconstruction accuracy; means over seeds). " + head
+            + f", against adv_training's {fmt(theirs)} at reconstruction {fmt(_figure(baseline, F.RECONSTRUCTION))}: "
+            f"{'higher' if difference > 0 else 'not higher'} by {difference:+.3f}; "
+            + _interval_words(member, y_fig.name) + ".")
+
+
+def _hypervolume_line(summary: Mapping[str, Any]) -> str:
+    parts = []
+    for variant, entry in summary.get("variants", {}).items():
+        hv = entry.get("front_hypervolume")
+        if not hv:
+            continue
+        val = "—" if hv.get("val") is None else f"{hv['val']:.4f}"
+        test = "—" if hv.get("test") is None else f"{hv['test']:.4f}"
+        parts.append(f"{variant}: {val} on validation ({', '.join(hv['val_axes'])}, the search's values), {test} on "
+                     f"test ({', '.join(hv['test_axes'])}, means over seeds; {hv['members_with_test_values']} of "
+                     f"{hv['members']} members)")
+    return ("Hypervolume of the front (reference point 0 on every axis, each an accuracy in [0, 1]; 1 would be "
+            "perfect on all three): " + "; ".join(parts) + ".") if parts else ""
 
 
 def _pareto_section(summary: Mapping[str, Any]) -> list[str]:
@@ -270,8 +336,9 @@ def _pareto_section(summary: Mapping[str, Any]) -> list[str]:
         return []
     return ["\n## Pareto front (objective pareto: reconstruction, oblivious worst unknown, adaptive probe)\n",
             "Each member is a non-dominated complete search trial, re-run over the seeds; test split, mean ± std "
-            "[95% t-interval] n seeds. Not drawn here yet: the front's plot and its hypervolume.\n",
-            _markdown(table), "\n" + _pareto_words(summary) + "\n"]
+            "[95% t-interval] n seeds. `pareto.png` draws the front (adaptive figure against reconstruction, colour: "
+            "oblivious worst unknown) beside no_defense, ape_gan, adv_training and the paper's setting.\n",
+            _markdown(table), "\n" + _hypervolume_line(summary) + "\n", "\n" + _pareto_words(summary) + "\n"]
 
 
 def _adaptive_label(fig: F.Figure, known: tuple[str, ...]) -> str:
@@ -358,7 +425,7 @@ def build_report(summary: Mapping[str, Any], out_dir: Path, finals_dir: Path | N
     diffs.to_csv(paths[2], index=False)
     if not (front := pareto_table(summary)).empty:
         front.to_csv(out_dir / "pareto.csv", index=False)
-        paths.append(out_dir / "pareto.csv")
+        paths += [out_dir / "pareto.csv", _pareto_png(summary, out_dir, title)]
     full_known = known_attacks((summary.get("variants", {}).get("full") or {}))
     figure = ablation_bars(tests, summary, full_known, f"Ablation (paper Fig 12 layout): {title}")
     figure.savefig(out_dir / "ablation.png", dpi=100, bbox_inches="tight")
@@ -393,6 +460,18 @@ def build_report(summary: Mapping[str, Any], out_dir: Path, finals_dir: Path | N
                       + reproduction_section(summary))  # the paper's claims beside this run's figures
     paths.append(report)
     return paths
+
+
+def _pareto_png(summary: Mapping[str, Any], out_dir: Path, title: str) -> Path:
+    from ablations.plots import pareto_plot, plt
+
+    points, references = pareto_points(summary)
+    y_fig = pareto_y_figure(summary)
+    figure = pareto_plot(points, references, f"{y_fig.header} (test)",
+                         f"Pareto front against the baselines: {title} (mean ± std over seeds)")
+    figure.savefig(out_dir / "pareto.png", dpi=100)
+    plt.close(figure)
+    return out_dir / "pareto.png"
 
 
 def _report_text(summary, title, searches, restored, curves: bool, optuna_plots) -> str:

@@ -179,14 +179,17 @@ def save_study_plots(url: str, study_name: str, out_dir: Path, variant: str) -> 
     written = []
     plots = (("history", ovm.plot_optimization_history), ("importances", ovm.plot_param_importances))
     if len(study.directions) > 1:  # a pareto search: its front (complete trials); history needs one objective
-        plots = (("pareto_front", ovm.plot_pareto_front),)
+        origin = [0.0] * len(study.directions)  # every objective is an accuracy in [0, 1], maximised
+        plots = (("pareto_front", ovm.plot_pareto_front),
+                 ("hypervolume", lambda st: ovm.plot_hypervolume_history(st, reference_point=origin)))
     for label, plot in plots:
         path = out_dir / f"optuna_{label}_{study_name}.png"
         try:
             with warnings.catch_warnings():  # "experimental" and few-trials notices: not the user's concern
                 warnings.simplefilter("ignore")
                 ax = plot(study)
-            words = {"history": "optimisation history", "importances": "parameter importances"}.get(label, "Pareto front")
+            words = {"history": "optimisation history", "importances": "parameter importances",
+                     "hypervolume": "hypervolume history (reference point 0)"}.get(label, "Pareto front")
             ax.set_title(f"{variant}: {words} ({counts})")
             ax.figure.savefig(path, dpi=100, bbox_inches="tight")
             plt.close(ax.figure)
@@ -194,3 +197,17 @@ def save_study_plots(url: str, study_name: str, out_dir: Path, variant: str) -> 
         except (ValueError, RuntimeError) as exc:  # e.g. too few finished trials for importances
             log.warning("no %s plot for study %s: %s", label, study_name, exc)
     return written
+
+
+def hypervolume(points: Sequence[Sequence[float]], reference: Sequence[float]) -> float:
+    """The hypervolume dominated by ``points`` (each coordinate maximised) above ``reference``:
+    the volume of the union of the boxes [reference, point]. Optuna's exact WFG computation, which
+    minimises: both are negated. A point not above the reference in every coordinate adds nothing."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume  # no public name in Optuna 5; churn stays here
+
+    ref = np.asarray(reference, float)
+    kept = [p for p in np.asarray(points, float).reshape(-1, len(ref)) if np.all(p > ref)]
+    if not kept:
+        return 0.0
+    return float(compute_hypervolume(-np.asarray(kept), -ref))

@@ -382,6 +382,23 @@ def parent_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
         metrics.update(figure_metrics(variant, entry))  # test, adaptive and val (the seed re-runs' probe)
         if entry["search"].get("best_val_probe") is not None:
             metrics[f"{variant}/search/best_val_probe"] = entry["search"]["best_val_probe"]
+        metrics.update(front_metrics(variant, entry))
+    return metrics
+
+
+def front_metrics(variant: str, entry: Mapping[str, Any]) -> dict[str, float]:
+    """A pareto variant's front on the parent run: each member m's figures as ``<variant>-front<m>/...``
+    (spelled like a defense's), and ``<variant>/front/hypervolume_{val,test}`` and ``.../size``."""
+    from addd.figures import parent_metrics as figure_metrics
+
+    front = entry.get("front") or ()
+    metrics: dict[str, float] = {f"{variant}/front/size": len(front)} if front else {}
+    for member in front:
+        metrics.update(figure_metrics(f"{variant}-front{member['front_member']}", member))
+    for split in ("val", "test"):
+        value = (entry.get("front_hypervolume") or {}).get(split)
+        if value is not None:
+            metrics[f"{variant}/front/hypervolume_{split}"] = value
     return metrics
 
 

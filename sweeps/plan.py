@@ -72,6 +72,18 @@ class Plan:
     def study_name(self, variant: str) -> str:
         return f"{self.space.name}{'-smoke' if self.smoke else ''}-{variant}"
 
+    def describe_study(self) -> str:
+        """What the study phase runs (sweeps.study), in words."""
+        if not self.study:
+            return "skipped (--no-study)"
+        s = self.space
+        parts = (["fixed ablations of the best full config"] if s.study_fixed_ablations else []) + \
+            ["baselines no_defense / ape_gan / adv_training"] + \
+            (["the paper's setting (App. D weights, first cached known-attack choice)"] if s.objective == PARETO else []) + \
+            ["paired-bootstrap differences to full"] + \
+            (["each front member against adv_training, paired"] if s.objective == PARETO else [])
+        return ", ".join(parts) + " (over full's seeds)"
+
     def describe(self) -> dict[str, Any]:
         """The resolved plan as JSON-friendly data (printed by --dry-run, logged on the parent run)."""
         from addd.config import to_flat_dict
@@ -97,8 +109,7 @@ class Plan:
             "seeds": self.seeds,
             "total_trials": len(s.variants) * (self.num_samples + self.finals_per_variant),  # pareto: at most
             "finalists": s.describe_finalists(),
-            "study": "fixed ablations of the best full config, baselines no_defense / ape_gan / adv_training, "
-                     "paired-bootstrap differences to full" if self.study else "skipped (--no-study)",
+            "study": self.describe_study(),
             "resources": {
                 "cpus_per_trial": self.cpus_per_trial,
                 "gpus_per_trial": self.gpus_per_trial,

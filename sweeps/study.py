@@ -67,6 +67,11 @@ WORST_UNKNOWN_TEST = figure_of(WORST_UNKNOWN).trial_key("test")  # the figure a 
 log = logging.getLogger("sweeps.study")  # also under python -m (progress the console shows)
 
 BASELINE_KEYS = ("no_defense", "ape_gan", "adv_training")
+# A pareto sweep's reference: the paper's ADD-Defense setting (summary["paper_setting"]: App. D's
+# weights, the first cached known-attack choice) over full's seeds, drawn beside the front.
+PAPER_SETTING = "paper_setting"
+# The figures each front member is compared with adv_training on (member − adv_training, paired).
+FRONT_FIGURES = ("adaptive.aa_linf", "adaptive.aa_l2", "adaptive.pgd_worst", WORST_UNKNOWN)
 STUDY_FORMAT = "addd-study/1"
 
 
@@ -219,6 +224,12 @@ def study_jobs(summary: Mapping[str, Any], device: str) -> list[Job]:
             s = TrialSpec(FINAL, variant, {**flat, "train.seed": seed})
             jobs.append(Job(fixed_name(variant), "fixed", seed, s.to_config(), s.defense_config().known_attacks,
                             lambda s=s: _add_defense(s)))
+    if summary.get(PAPER_SETTING):
+        for seed in seeds:
+            s = TrialSpec(FINAL, "full", {**summary[PAPER_SETTING], "train.seed": seed, "train.device": device})
+            s = TrialSpec.parse(s.to_config())  # known attacks as the tuple a parsed spec holds
+            jobs.append(Job(PAPER_SETTING, "baseline", seed, s.to_config(), s.defense_config().known_attacks,
+                            lambda s=s: _add_defense(s)))
     target = summary["target_model"]
     for key in BASELINE_KEYS:
         known = _baseline_known(key, cfg.known_attacks)
@@ -252,6 +263,8 @@ def _baseline_known(key: str, known: tuple[str, ...]) -> tuple[str, ...]:
 def _other_variants(summary: Mapping[str, Any]) -> list[str]:
     from addd.config import ABLATIONS
 
+    if summary.get("study_fixed_ablations") is False:  # the space asks another question (digits_robust)
+        return []
     return [v for v in ABLATIONS if v != "full"]
 
 
@@ -331,6 +344,39 @@ def comparisons(summary: Mapping[str, Any], folder: RunFolder, *, n_boot: int, s
     return out
 
 
+def member_folder(variant: str, entry_: Mapping[str, Any], member: Mapping[str, Any]) -> str:
+    """The finals folder prefix of a front member: the variant's own for its best member (the one
+    whose seed re-runs are the variant's), ``<variant>-front<m>`` for the others (sweeps.driver)."""
+    own = {s.get("trial_id") for s in entry_.get("seeds", [])}
+    mine = {s.get("trial_id") for s in member.get("seeds", [])}
+    return variant if mine and mine <= own else f"{variant}-front{member['front_member']}"
+
+
+def front_comparisons(summary: Mapping[str, Any], folder: RunFolder, *, n_boot: int, seed: int = 0) -> None:
+    """Every front member of every pareto variant against adv_training: member − adv_training per
+    :data:`FRONT_FIGURES`, paired by seed and test example (ablations.stats), as the member's
+    ``vs_adv_training``. Nothing without an adv_training baseline."""
+    from ablations.stats import StatsError, load_seed_arrays, paired_difference
+
+    def arrays(name: str) -> dict[int, dict]:
+        return {k: load_seed_arrays(path) for k, path in folder.finals_of(name, PER_EXAMPLE_FILE).items()}
+
+    baseline = (summary.get("baselines") or {}).get("adv_training")
+    if not baseline:
+        return
+    theirs, known_theirs = arrays("adv_training"), known_of(baseline)
+    for variant, e in summary.get("variants", {}).items():
+        for member in e.get("front") or ():
+            ours, figures, skipped = arrays(member_folder(variant, e, member)), {}, {}
+            for figure in FRONT_FIGURES:
+                try:
+                    figures[figure] = paired_difference(theirs, ours, figure, known_full=known_theirs,
+                                                        known_other=known_of(member), n_boot=n_boot, seed=seed).to_dict()
+                except StatsError as exc:
+                    skipped[figure] = str(exc)
+            member["vs_adv_training"] = {"vs": "adv_training", "n_boot": n_boot, "figures": figures, "skipped": skipped}
+
+
 # ----------------------------------------------------------------------------- the study
 def _device(summary: Mapping[str, Any]) -> str:
     import torch
@@ -399,8 +445,12 @@ def _add_sections(summary: dict[str, Any], records: Mapping[str, list], folder: 
     summary["baselines"] = {name: entry(r, "baseline", "same split, known attacks, epochs, batch size, lr, width and "
                                                       "seeds as the best full config")
                             for name, r in records.items() if name in BASELINE_KEYS}
+    if PAPER_SETTING in records:
+        summary["baselines"][PAPER_SETTING] = entry(records[PAPER_SETTING], "baseline", "the paper's setting: App. D's "
+                                                    "weights and the first cached known-attack choice, full's seeds")
     start = time.perf_counter()
     summary["comparisons"] = comparisons(summary, folder, n_boot=n_boot)
+    front_comparisons(summary, folder, n_boot=n_boot)
     timings["bootstrap"] = time.perf_counter() - start
 
 
@@ -473,6 +523,10 @@ def study_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     for name, c in summary.get("comparisons", {}).items():
         for figure, d in c["figures"].items():
             metrics[f"{name}/diff/{figure}"] = d["difference"]
+    for variant, e in summary.get("variants", {}).items():  # a pareto front: each member − adv_training
+        for member in e.get("front") or ():
+            for figure, d in ((member.get("vs_adv_training") or {}).get("figures") or {}).items():
+                metrics[f"{variant}-front{member['front_member']}/vs_adv_training/{figure}"] = d["difference"]
     return metrics
 
 

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 
 from addd import figures
 from addd.figures import legend
+from sweeps.spaces import PARETO
 from sweeps.trialspec import EPOCH, PARETO_KEYS, TrialOutcome, is_finite, ran_config
 
 # the figures computed on the validation split only (the search's probe): summary["..."]["val"]
@@ -40,6 +41,9 @@ def summary_header(space: Any, smoke: bool, dataset: Any, target: Any, cache_dir
         "finalists": space.describe_finalists(),
         "search_objective": space.describe_objective(),
         "cache_dir": str(cache_dir),
+        # a pareto sweep's study re-runs the paper's setting as the front's reference (sweeps.study)
+        "study_fixed_ablations": getattr(space, "study_fixed_ablations", True),
+        **({"paper_setting": space.paper_setting()} if getattr(space, "objective", None) == PARETO else {}),
     }
 
 
@@ -117,7 +121,7 @@ def build_summary(
             "test": over_seeds(per_seed, "test"),
             "adaptive": over_seeds(per_seed, "adaptive"),
             "val": over_seeds(per_seed, "val"),
-            **({} if front is None else {"front": front}),
+            **({} if front is None else {"front": front, "front_hypervolume": front_hypervolume(front)}),
         }
     finalists = [o for o in final if o.failure is None]
     best_run = max(finalists, key=lambda o: o.objective) if finalists else None
@@ -180,6 +184,30 @@ def front_entries(search: Sequence[TrialOutcome], finals: Sequence[TrialOutcome]
             seeds=per_seed, test=over_seeds(per_seed, "test"), adaptive=over_seeds(per_seed, "adaptive"),
             val=over_seeds(per_seed, "val")))
     return entries
+
+
+# A front's hypervolume is taken over the search's three objectives, each an accuracy in [0, 1]:
+# as the search measured them (validation; the probe) and as the finals measured them on the test
+# split (means over seeds; the finalist's full adaptive PGD in the probe's place). Reference: 0.
+HYPERVOLUME_TEST_FIGURES: tuple[str, ...] = (figures.RECONSTRUCTION, figures.WORST_UNKNOWN, "adaptive.pgd_worst")
+
+
+def front_hypervolume(front: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The hypervolume (reference point 0) of a pareto front, on validation (the members' search
+    values, :data:`PARETO_KEYS`) and on test (:data:`HYPERVOLUME_TEST_FIGURES`, means over
+    seeds); a member without all three values is left out and counted."""
+    from sweeps._optuna import hypervolume
+
+    def mean(member: Mapping[str, Any], name: str) -> float | None:
+        fig = figures.figure(name)
+        return (member.get(fig.section, {}).get(fig.key) or {}).get("mean")
+
+    val = [[m.get("search_values", {}).get(k) for k in PARETO_KEYS] for m in front]
+    test = [[mean(m, name) for name in HYPERVOLUME_TEST_FIGURES] for m in front]
+    val, test = ([p for p in points if all(is_finite(v) for v in p)] for points in (val, test))
+    return {"reference": [0.0] * 3, "val_axes": list(PARETO_KEYS), "test_axes": list(HYPERVOLUME_TEST_FIGURES),
+            "val": hypervolume(val, [0.0] * 3) if val else None, "test": hypervolume(test, [0.0] * 3) if test else None,
+            "members": len(front), "members_with_test_values": len(test)}
 
 
 def val_figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
