@@ -155,7 +155,7 @@ def _pareto_outcomes():
         spec = source.spec.rerun(seed=seed, front_member=member)
         metrics = {OBJECTIVE: source.metrics[OBJECTIVE], "epoch": 2, "test/acc.reconstruction": 0.9 - 0.1 * member,
                    "adaptive/pgd_worst": pgd, "adaptive/aa_linf": pgd / 2 + 0.1 * member,
-                   "test/acc.defended.CWu": 0.5}
+                   "test/acc.defended.CWu": 0.5, "test/worst.unknown": 0.5}
         return TrialOutcome(trial_id, spec.to_config(), metrics, checkpoint=None, error=None)
 
     a, b = search_trial("a", 1e-2, (0.95, 0.4, 0.0)), search_trial("b", 1e-4, (0.80, 0.5, 0.1))
@@ -238,3 +238,118 @@ def test_a_pareto_job_stops_no_trial_early(tmp_path):
     fifo = _scheduler(TuneJob(**job, early_stopping=False), schedule)
     assert type(fifo) is FIFOScheduler
     assert isinstance(_scheduler(TuneJob(**job), schedule), _GroupedASHA)
+
+
+# ----------------------------------------------------------------------------- hypervolume, references, pairing
+def test_hypervolume_is_the_union_of_the_boxes_above_the_reference():
+    from sweeps._optuna import hypervolume
+
+    assert hypervolume([[0.5, 0.5, 0.5]], [0, 0, 0]) == pytest.approx(0.125)
+    # two boxes 1 x .5 x .5 overlapping in .5 x .5 x .5
+    assert hypervolume([[1, 0.5, 0.5], [0.5, 1, 0.5]], [0, 0, 0]) == pytest.approx(0.375)
+    assert hypervolume([[1, 0.5, 0.5], [0.5, 0.4, 0.4]], [0, 0, 0]) == pytest.approx(0.25)  # a dominated point adds 0
+    assert hypervolume([[0.5, 0.0, 0.5]], [0, 0, 0]) == 0.0  # on the reference plane: no volume
+
+
+def test_the_summary_gives_the_front_its_hypervolume_on_validation_and_test():
+    hv = _pareto_summary()["variants"]["full"]["front_hypervolume"]
+    # validation: b (0.80, 0.5, 0.1) alone counts (a's probe is 0); test: b (0.9, 0.5, mean pgd 0.3) dominates a
+    assert hv["val"] == pytest.approx(0.8 * 0.5 * 0.1)
+    assert hv["test"] == pytest.approx(0.9 * 0.5 * 0.3)
+    assert hv["test_axes"] == ["acc.reconstruction", "worst.unknown", "adaptive.pgd_worst"]
+    assert (hv["members"], hv["members_with_test_values"]) == (2, 2)
+
+
+def test_a_pareto_space_carries_the_papers_setting_and_its_study_runs_it_without_fixed_ablations():
+    from sweeps.study import PAPER_SETTING, study_jobs
+    from sweeps.summary import summary_header
+
+    class Data:
+        train = val = test = range(3)
+
+        def fingerprint(self):
+            return "f"
+
+    class Target:
+        arch, weights_sha256, path, clean_test_accuracy = "small_cnn", "s", "p", 0.9
+
+    space = get_space("digits_robust")
+    header = summary_header(space, False, Data(), Target(), "cache")
+    paper = header[PAPER_SETTING]
+    assert paper["known_attacks"] == ["PGDu", "PGDt"]  # the first choice without an online attack
+    assert paper["loss.theta_mse"] == space.base_config().loss.theta_mse and header["study_fixed_ablations"] is False
+    best = TrialSpec.final("full", {**paper, "known_attacks": ["PGDa", "PGDu"], "online.fraction": 0.5}, 0).to_config()
+    summary = {**header, "variants": {"full": {"best_config": best, "seeds": [{"seed": 0}, {"seed": 1}]}}}
+    jobs = study_jobs(summary, "cpu")
+    assert sorted({j.name for j in jobs}) == ["adv_training", "ape_gan", "no_defense", PAPER_SETTING]
+    paper_jobs = [j for j in jobs if j.name == PAPER_SETTING]
+    assert [j.seed for j in paper_jobs] == [0, 1] and paper_jobs[0].known == ("PGDu", "PGDt")
+    assert next(j for j in jobs if j.name == "ape_gan").known == ("PGDu",)  # APE-GAN: full's cached attack only
+    ablation_space = get_space("digits_ablation")
+    assert PAPER_SETTING not in summary_header(ablation_space, False, Data(), Target(), "cache")
+    assert len(study_jobs({**summary, "study_fixed_ablations": True}, "cpu")) == len(jobs) + 4 * 2
+
+
+def _per_example(folder, name, seed, aa):
+    from addd.storage import save_tensors
+    import torch
+
+    path = folder.final(name, seed)
+    path.mkdir(parents=True, exist_ok=True)
+    save_tensors(path / "per_example.safetensors", {"y": torch.arange(4), "adaptive.aa_linf.correct": torch.tensor(aa)}, {})
+
+
+def test_each_front_member_is_paired_with_adv_training_from_its_own_finals_folder(tmp_path):
+    from addd.runfolder import RunFolder
+    from sweeps.study import front_comparisons, member_folder, study_metrics
+
+    summary = _pareto_summary()
+    full = summary["variants"]["full"]
+    assert [member_folder("full", full, m) for m in full["front"]] == ["full", "full-front1"]
+    folder = RunFolder(tmp_path)
+    for seed in (0, 1):
+        _per_example(folder, "adv_training", seed, [True, True, False, False])
+        _per_example(folder, "full", seed, [True, True, True, False])  # member 0: +0.25
+        _per_example(folder, "full-front1", seed, [False, False, False, False])  # member 1: -0.5
+    summary["baselines"] = {"adv_training": {"known_attacks": ["PGDu", "PGDt"]}}
+    front_comparisons(summary, folder, n_boot=200)
+    first, second = (m["vs_adv_training"]["figures"]["adaptive.aa_linf"] for m in full["front"])
+    assert first["difference"] == pytest.approx(0.25) and second["difference"] == pytest.approx(-0.5)
+    assert first["ci95"][0] <= 0.25 <= first["ci95"][1] and second["ci95"][1] <= 0 < first["ci95"][1]
+    assert "adaptive.pgd_worst" in full["front"][0]["vs_adv_training"]["skipped"]  # no such per-example file here
+    assert study_metrics(summary)["full-front1/vs_adv_training/adaptive.aa_linf"] == pytest.approx(-0.5)
+
+
+def test_the_report_answers_whether_a_member_dominates_adv_training_and_draws_the_front(tmp_path):
+    from ablations.report import _pareto_words, build_report, pareto_points
+
+    def stats(mean):
+        return {"mean": mean, "std": 0.01, "n": 2, "ci95": [mean - 0.02, mean + 0.02], "values": [mean] * 2}
+
+    summary = _pareto_summary()
+    member = summary["variants"]["full"]["front"][0]  # aa_linf 0.15 at reconstruction 0.9; member 1: 0.125 at 0.8
+    member["vs_adv_training"] = {"figures": {"adaptive.aa_linf": {"difference": 0.01, "ci95": [-0.01, 0.06],
+                                                                   "n_seeds": 2, "n_examples": 4, "verdict": "within noise"}}}
+    summary["baselines"] = {"adv_training": {"adaptive": {"aa_linf": stats(0.14)}, "test": {"acc.reconstruction": stats(0.95)}},
+                            "paper_setting": {"adaptive": {"aa_linf": stats(0.0)}, "test": {"acc.reconstruction": stats(0.9)}}}
+    words = _pareto_words(summary)
+    # member 0 has the higher AA but a lower reconstruction than adv_training's 0.95: no member dominates
+    assert words.startswith("**No**") and "(full member 0)" in words and "[-0.010, +0.060]" in words
+    summary["baselines"]["adv_training"]["test"]["acc.reconstruction"] = stats(0.85)
+    assert _pareto_words(summary).startswith("**Yes**: full member 0 dominate")  # member 1's 0.125 is lower
+    points, references = pareto_points(summary)
+    assert list(points["label"]) == ["full m0", "full m1"] and list(references["label"]) == ["adv_training", "paper_setting"]
+    build_report(summary, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "pareto.png").stat().st_size > 5000
+    assert "Hypervolume of the front" in report and "0.1350 on test" in report
+
+
+def test_the_mlflow_parent_run_carries_every_front_member_and_the_hypervolume():
+    from sweeps.driver import parent_metrics
+
+    metrics = parent_metrics(_pareto_summary())
+    assert metrics["full/front/size"] == 2
+    assert metrics["full-front0/adaptive/pgd_worst"] == pytest.approx(0.3)  # member 0's mean over its seeds
+    assert metrics["full-front1/adaptive/aa_linf"] == pytest.approx(0.125)
+    assert metrics["full/front/hypervolume_test"] == pytest.approx(0.135)
