@@ -14,7 +14,8 @@ Examples::
     python sweeps/run.py --list-spaces
     python sweeps/run.py --space digits_ablation              # README quick start: ~15 min on 2 CPU cores
     python sweeps/run.py --space svhn_ablation --smoke        # any space, tiny, in minutes
-    python sweeps/run.py --space svhn_ablation --dry-run      # print the resolved plan only
+    python sweeps/run.py --space svhn_ablation --dry-run      # print the resolved plan and its size only
+    python sweeps/run.py --space digits_ablation --estimate   # and its wall time, from a calibration here
     python sweeps/run.py --space digits_ablation --resume     # continue an interrupted sweep
     mlflow ui --backend-store-uri sqlite:///runs/digits_ablation/mlflow.db
     optuna-dashboard sqlite:///runs/digits_ablation/optuna.db
