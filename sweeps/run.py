@@ -14,7 +14,8 @@ Examples::
     python sweeps/run.py --list-spaces
     python sweeps/run.py --space digits_ablation              # README quick start: ~15 min on 2 CPU cores
     python sweeps/run.py --space svhn_ablation --smoke        # any space, tiny, in minutes
-    python sweeps/run.py --space svhn_ablation --dry-run      # print the resolved plan only
+    python sweeps/run.py --space svhn_ablation --dry-run      # print the resolved plan and its size only
+    python sweeps/run.py --space digits_ablation --estimate   # and its wall time, from a calibration here
     python sweeps/run.py --space digits_ablation --resume     # continue an interrupted sweep
     mlflow ui --backend-store-uri sqlite:///runs/digits_ablation/mlflow.db
     optuna-dashboard sqlite:///runs/digits_ablation/optuna.db
@@ -72,7 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--space", help="named sweep space (see --list-spaces)")
     p.add_argument("--list-spaces", action="store_true", help="list the spaces and exit")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit; runs nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved plan and the sweep's size (trials, trial-epochs, images attacked) and exit; "
+                        "runs nothing")
+    p.add_argument("--estimate", action="store_true",
+                   help="with --dry-run (implied): also time a short calibration on this machine (a training step per "
+                        "network width, one batch per attack) and print the estimated wall time per phase")
     p.add_argument("--smoke", action="store_true", help="tiny budgets: try any space here in minutes")
     p.add_argument("--num-samples", type=_positive_int, help="trials per ablation variant (default: the space's)")
     p.add_argument("--seeds", type=_positive_int, help="seeds for re-running each variant's best config")
@@ -276,6 +282,19 @@ def estimate_disk(plan) -> dict[str, int]:
             "run_folder_bytes": checkpoint * (trials + 3) + DATABASES_AND_LOGS}
 
 
+def dry_run_report(plan, estimate: bool = False) -> dict:
+    """--dry-run's JSON: the plan, its disk estimate and size (``sweeps.estimate.sweep_size``) and, with
+    ``estimate``, the calibrated wall time (``sweeps.estimate.estimate``; a line on stderr while it measures)."""
+    from sweeps import estimate as cost
+
+    report = {**plan.describe(), "disk_estimate": estimate_disk(plan), "size": cost.sweep_size(plan)}
+    if estimate:
+        print(f"estimate: calibrating on this machine (training steps, {len(plan.space.attacks)} attacks on "
+              f"{cost.ATTACK_BATCH} images each) ...", file=sys.stderr, flush=True)
+        report["estimate"] = cost.estimate(plan, report["size"])
+    return report
+
+
 def _nearest_existing(path: Path) -> Path:
     while not path.exists():
         path = path.parent
@@ -437,13 +456,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if not args.space:
         parser.print_usage(sys.stderr)
-        print(f"error: give --space NAME (one of {', '.join(SPACES)}) or --list-spaces", file=sys.stderr)
+        what = "--estimate needs" if args.estimate else "give"
+        print(f"error: {what} --space NAME (one of {', '.join(SPACES)}){'' if args.estimate else ' or --list-spaces'}",
+              file=sys.stderr)
         return 2
     plan = None
     try:
         plan = make_plan(args)
-        if args.dry_run:
-            print(json.dumps({**plan.describe(), "disk_estimate": estimate_disk(plan)}, indent=2))
+        if args.dry_run or args.estimate:
+            print(json.dumps(dry_run_report(plan, args.estimate), indent=2))
             return 0
         preflight(plan)
         warn_if_short_of_space(plan)

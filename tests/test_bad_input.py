@@ -62,7 +62,9 @@ CASES = {
     "probe of no images": (SMOKE + ["--probe-n", "0"], "probe_n must be a whole number >= 1"),
     "probe of no steps": (SMOKE + ["--probe-steps", "0"], "probe_steps must be a whole number >= 1"),
     "probe larger than val": (SMOKE + ["--probe-n", "49"], "larger than the validation split (48 images)"),
+    "--estimate with an unknown space": (["--space", "nope", "--estimate"], "unknown space 'nope'; valid spaces"),
 }
+NO_SPACE_ESTIMATE = "error: --estimate needs --space NAME (one of digits_ablation, svhn_ablation, mnist,"
 
 
 def _plan_error(argv: list[str], cwd: Path, capsys) -> str:
@@ -109,6 +111,23 @@ def test_resume_on_a_folder_that_is_not_a_sweep_in_process(tmp_path, capsys):
     assert "is not a sweep's run folder" in _plan_error(args, tmp_path, capsys)
     (tmp_path / "run" / "sweep.json").write_text("{ not json")
     assert "is not a sweep's state file" in _plan_error(args, tmp_path, capsys)
+
+
+def test_estimate_without_a_space_in_process(tmp_path, capsys, monkeypatch):
+    """--estimate names no space: one error line (after argparse's usage line), exit 2, no calibration."""
+    from sweeps.run import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["--estimate"]) == 2
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(NO_SPACE_ESTIMATE), captured.err
+    assert "calibrating" not in captured.err and captured.out == "" and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_estimate_without_a_space(tmp_path):
+    assert _fails_cleanly(RUN + ["--estimate"], tmp_path, NO_SPACE_ESTIMATE).startswith(NO_SPACE_ESTIMATE)
 
 
 @pytest.mark.slow

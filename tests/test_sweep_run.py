@@ -26,6 +26,19 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("sweep_cache")
 
 
+DIGITS_SMOKE = ["--space", "digits_ablation", "--smoke", "--no-study"]
+ESTIMATE_FACTOR = 4  # README "Cost before a run": --estimate's total within 4x either way of the measured sweep
+
+
+@pytest.fixture(scope="module")
+def digits_smoke(tmp_path_factory, cache_dir) -> tuple[Path, float]:
+    """The digits smoke sweep on this module's cache, empty then (the first sweep here), and its wall seconds."""
+    cwd = tmp_path_factory.mktemp("digits_smoke")
+    start = time.perf_counter()
+    _sweep(DIGITS_SMOKE + ["--run-dir", str(cwd / "run"), "--cache-dir", str(cache_dir)], cwd)
+    return cwd / "run", time.perf_counter() - start
+
+
 def _sweep(args: list[str], cwd: Path, timeout: float = 1200) -> subprocess.CompletedProcess:
     out = subprocess.run(RUN + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
@@ -56,15 +69,14 @@ def _test_sets(space, cache_dir: Path, data_root: Path):
     return test, target, AdvCache.under(cache_dir).get_many(requests)
 
 
-def test_digits_smoke_sweep_is_readable_through_mlflow(tmp_path, cache_dir):
+def test_digits_smoke_sweep_is_readable_through_mlflow(tmp_path, cache_dir, digits_smoke):
     from mlflow.tracking import MlflowClient
 
     from addd import load_defense
     from addd.evaluate import evaluate
     from sweeps.spaces import get_space
 
-    run_dir = tmp_path / "run"
-    _sweep(["--space", "digits_ablation", "--smoke", "--no-study", "--run-dir", str(run_dir), "--cache-dir", str(cache_dir)], tmp_path)
+    run_dir = digits_smoke[0]
     space = get_space("digits_ablation", smoke=True)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert set(summary["variants"]) == set(space.variants)
@@ -128,6 +140,30 @@ def test_digits_smoke_sweep_is_readable_through_mlflow(tmp_path, cache_dir):
     for name in space.attacks:
         assert evaluation["oblivious"][f"acc.defended.{name}"] == pytest.approx(best["test"][f"acc.defended.{name}"], abs=1e-6)
     assert "report/report.md" in [a.path for a in client.list_artifacts(parent.info.run_id, "report")]
+
+
+def test_estimate_is_within_4x_of_the_smoke_sweep(tmp_path, digits_smoke):
+    """--estimate of the digits smoke sweep (its calibration measured now, on this machine) against
+    that sweep's measured wall time on an empty cache; every calibrated number is a positive number
+    of seconds, one per attack of the suite; nothing is written."""
+    from sweeps.spaces import get_space
+
+    run_dir, wall = digits_smoke
+    timings = json.loads((run_dir / "timings.json").read_text())
+    origins = {s["origin"] for split in timings["breakdown"]["prepare"]["adv_sets"].values() for s in split.values()}
+    assert origins == {"generated"}  # an empty cache, as the estimate assumes
+    out = _sweep(DIGITS_SMOKE + ["--estimate", "--run-dir", str(tmp_path / "run")], tmp_path, timeout=600)
+    estimate = json.loads(out.stdout)["estimate"]
+    cal, phases = estimate["calibration"], estimate["phases_seconds"]
+    assert set(cal["attack_seconds_per_image"]) == set(get_space("digits_ablation", smoke=True).attacks)
+    assert min(cal["attack_seconds_per_image"].values()) > 0 and min(cal["widths"]["0.03125"].values()) > 0
+    assert cal["target"]["step_seconds"] > 0 and cal["worker_start"] > 0 and "baseline_step" not in cal  # --no-study
+    assert sum(phases.values()) == pytest.approx(estimate["total_seconds"], abs=0.5)
+    measured = {"prepare": timings["prepare"], "search+finals": timings["trials"], "total (wall)": wall}
+    ratio = estimate["total_seconds"] / wall
+    print(f"estimate {estimate['total_seconds']:.0f} s {phases} vs measured {measured}: ratio {ratio:.2f}")
+    assert 1 / ESTIMATE_FACTOR <= ratio <= ESTIMATE_FACTOR, (ratio, phases, measured, cal)
+    assert not (tmp_path / "run").exists()
 
 
 def test_svhn_ablation_smoke_runs_on_fake_mat_files(tmp_path, cache_dir):
