@@ -63,21 +63,31 @@ def split_sizes(space) -> dict[str, int]:
     return {"train": n_train, "val": n_val, "test": test if space.n_test is None else space.n_test}
 
 
+def study_defenses(space) -> tuple[int, int]:
+    """How many fixed ablations and baselines the study re-runs over the seeds (sweeps.study): the
+    fixed ablations unless the space turns them off; the baselines, and for a pareto search the
+    paper's setting as one more."""
+    fixed = len(ABLATIONS) - 1 if space.study_fixed_ablations else 0
+    return fixed, len(BASELINES) + (space.objective == PARETO)
+
+
 def trial_counts(plan) -> dict[str, int]:
     """Search trials, the sweep's finals (pareto: at most) and the study's finals: the fixed ablations
     of the best ``full`` config and the baselines, over the seeds (only with a study and a ``full`` variant)."""
     s = plan.space
     study = plan.study and "full" in s.variants
+    fixed, baselines = study_defenses(s)
     counts = {"search": len(s.variants) * plan.num_samples, "finals": len(s.variants) * plan.finals_per_variant,
-              "study_fixed_ablations": (len(ABLATIONS) - 1) * plan.seeds if study else 0,
-              "study_baselines": len(BASELINES) * plan.seeds if study else 0}
+              "study_fixed_ablations": fixed * plan.seeds if study else 0,
+              "study_baselines": baselines * plan.seeds if study else 0}
     return {**counts, "total": sum(counts.values())}
 
 
 def trial_epochs(plan, trials: Mapping[str, int]) -> dict[str, Any]:
     """Training epochs over all trials; search trials run at most ``train.epochs`` each."""
     s, epochs = plan.space, plan.space.base_config().train.epochs
-    trained_baselines = len(TRAINED_BASELINES) * plan.seeds if trials["study_baselines"] else 0
+    trained = len(TRAINED_BASELINES) + (s.objective == PARETO)  # and a pareto study's paper setting
+    trained_baselines = trained * plan.seeds if trials["study_baselines"] else 0
     out = {"per_trial": epochs, "search_at_most": trials["search"] * epochs, "finals": trials["finals"] * epochs,
            "study": (trials["study_fixed_ablations"] + trained_baselines) * epochs}
     out["total_at_most"] = out["search_at_most"] + out["finals"] + out["study"]
@@ -104,7 +114,7 @@ def seed0_finals(plan, trials: Mapping[str, int]) -> int:
     """Finals that also draw the robustness curve (seed 0): one per variant (pareto: per front member) and study job."""
     s = plan.space
     sweep = len(s.variants) * (s.front_size if s.objective == PARETO else 1)
-    study = (len(ABLATIONS) - 1 + len(BASELINES)) if trials["study_baselines"] else 0
+    study = sum(study_defenses(s)) if trials["study_baselines"] else 0
     return sweep + study
 
 
@@ -194,8 +204,8 @@ def estimate_seconds(plan, size: Mapping[str, Any], calibration: Mapping[str, An
                                  + TRIAL_OVERHEAD_SECONDS) + (curves - study_curves) * t["curve"]
     study = REPORT_SECONDS
     if trials["study_baselines"]:
-        seeds = trials["study_baselines"] // len(BASELINES)
-        train = trials["study_fixed_ablations"] * epochs * t["train_epoch"] + \
+        seeds, paper = plan.seeds, plan.space.objective == PARETO  # a pareto study trains the paper's setting too
+        train = (trials["study_fixed_ablations"] + paper * seeds) * epochs * t["train_epoch"] + \
             seeds * epochs * sum(t["baseline_epoch"].values())
         work = train + (trials["study_fixed_ablations"] + trials["study_baselines"]) * t["final_eval"] \
             + study_curves * t["curve"]

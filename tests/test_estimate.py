@@ -67,7 +67,10 @@ def test_size_without_a_study_and_for_a_pareto_search():
     assert no_full["trials"]["study_baselines"] == no_full["trials"]["study_fixed_ablations"] == 0
     pareto = E.sweep_size(_plan(replace(TINY, objective="pareto", front_size=3).validate()))
     assert pareto["trials"]["finals"] == 2 * 3 * 2  # at most front_size members per variant, each over the seeds
-    assert pareto["adaptive_images"]["curve"]["finals"] == 2 * 3 + 7
+    assert pareto["adaptive_images"]["curve"]["finals"] == 2 * 3 + 7 + 1  # + the paper's setting (a pareto study)
+    assert pareto["trials"]["study_baselines"] == 4 * 2
+    no_fixed = E.sweep_size(_plan(replace(TINY, study_fixed_ablations=False)))
+    assert no_fixed["trials"]["study_fixed_ablations"] == 0 and no_fixed["trials"]["study_baselines"] == 3 * 2
     assert "no early stopping" in pareto["trial_epochs"]["note"]
 
 
