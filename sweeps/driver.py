@@ -390,11 +390,12 @@ def front_metrics(variant: str, entry: Mapping[str, Any]) -> dict[str, float]:
     """A pareto variant's front on the parent run: each member m's figures as ``<variant>-front<m>/...``
     (spelled like a defense's), and ``<variant>/front/hypervolume_{val,test}`` and ``.../size``."""
     from addd.figures import parent_metrics as figure_metrics
+    from sweeps.trialspec import front_defense
 
     front = entry.get("front") or ()
     metrics: dict[str, float] = {f"{variant}/front/size": len(front)} if front else {}
     for member in front:
-        metrics.update(figure_metrics(f"{variant}-front{member['front_member']}", member))
+        metrics.update(figure_metrics(front_defense(variant, member), member))
     for split in ("val", "test"):
         value = (entry.get("front_hypervolume") or {}).get(split)
         if value is not None:

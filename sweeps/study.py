@@ -347,9 +347,11 @@ def comparisons(summary: Mapping[str, Any], folder: RunFolder, *, n_boot: int, s
 def member_folder(variant: str, entry_: Mapping[str, Any], member: Mapping[str, Any]) -> str:
     """The finals folder prefix of a front member: the variant's own for its best member (the one
     whose seed re-runs are the variant's), ``<variant>-front<m>`` for the others (sweeps.driver)."""
+    from sweeps.trialspec import front_defense
+
     own = {s.get("trial_id") for s in entry_.get("seeds", [])}
     mine = {s.get("trial_id") for s in member.get("seeds", [])}
-    return variant if mine and mine <= own else f"{variant}-front{member['front_member']}"
+    return variant if mine and mine <= own else front_defense(variant, member)
 
 
 def front_comparisons(summary: Mapping[str, Any], folder: RunFolder, *, n_boot: int, seed: int = 0) -> None:
@@ -523,10 +525,12 @@ def study_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     for name, c in summary.get("comparisons", {}).items():
         for figure, d in c["figures"].items():
             metrics[f"{name}/diff/{figure}"] = d["difference"]
+    from sweeps.trialspec import front_defense
+
     for variant, e in summary.get("variants", {}).items():  # a pareto front: each member − adv_training
         for member in e.get("front") or ():
             for figure, d in ((member.get("vs_adv_training") or {}).get("figures") or {}).items():
-                metrics[f"{variant}-front{member['front_member']}/vs_adv_training/{figure}"] = d["difference"]
+                metrics[f"{front_defense(variant, member)}/vs_adv_training/{figure}"] = d["difference"]
     return metrics
 
 

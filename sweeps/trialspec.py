@@ -248,3 +248,9 @@ class TrialOutcome:
 
 def is_finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def front_defense(variant: str, member: Mapping[str, Any]) -> str:
+    """The defense name of a pareto front member (a summary ``front`` entry): ``<variant>-front<m>``,
+    its finals folder prefix and its MLflow parent-run prefix."""
+    return f"{variant}-front{member[_FRONT]}"

@@ -64,7 +64,7 @@ CASES = {
     "probe larger than val": (SMOKE + ["--probe-n", "49"], "larger than the validation split (48 images)"),
     "--estimate with an unknown space": (["--space", "nope", "--estimate"], "unknown space 'nope'; valid spaces"),
 }
-NO_SPACE_ESTIMATE = "error: --estimate needs --space NAME (one of digits_ablation, svhn_ablation, mnist,"
+NO_SPACE_ESTIMATE = "error: --estimate needs --space NAME (one of digits_ablation, svhn_ablation, digits_robust, mnist,"
 
 
 def _plan_error(argv: list[str], cwd: Path, capsys) -> str:
