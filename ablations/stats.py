@@ -159,6 +159,7 @@ def paired_difference(
     holdout: Sequence[str] = (),
     n_boot: int = N_BOOT,
     seed: int = 0,
+    reference: str = "full",
 ) -> Difference:
     """other − full for ``figure`` over the seeds both have (paired by seed index) and the test
     examples (paired by index; adaptive figures on the common first n), with the percentile
@@ -191,15 +192,16 @@ def paired_difference(
     lo, hi = np.percentile(diffs, [100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2])
     d = point_o - point_f
     return Difference(figure, point_f, point_o, d, (float(lo), float(hi)), len(common), n, n_boot,
-                      verdict(d, (float(lo), float(hi))))
+                      verdict(d, (float(lo), float(hi)), reference))
 
 
-def verdict(difference: float, ci95: tuple[float, float]) -> str:
-    """Plain words: "within noise" when the interval contains 0, else which way and by how much."""
+def verdict(difference: float, ci95: tuple[float, float], reference: str = "full") -> str:
+    """Plain words: "within noise" when the interval contains 0, else which way and by how much
+    against ``reference`` (the defense the difference is taken from)."""
     lo, hi = ci95
     if not (np.isfinite(lo) and np.isfinite(hi)):
         return "not enough data for an interval"
     if lo <= 0 <= hi:
         return f"within noise (95% interval [{lo:+.3f}, {hi:+.3f}] contains 0)"
     way = "higher" if difference > 0 else "lower"
-    return f"{abs(difference):.3f} {way} than full (95% interval [{lo:+.3f}, {hi:+.3f}] excludes 0)"
+    return f"{abs(difference):.3f} {way} than {reference} (95% interval [{lo:+.3f}, {hi:+.3f}] excludes 0)"

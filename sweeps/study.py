@@ -373,7 +373,8 @@ def front_comparisons(summary: Mapping[str, Any], folder: RunFolder, *, n_boot: 
             for figure in FRONT_FIGURES:
                 try:
                     figures[figure] = paired_difference(theirs, ours, figure, known_full=known_theirs,
-                                                        known_other=known_of(member), n_boot=n_boot, seed=seed).to_dict()
+                                                        known_other=known_of(member), n_boot=n_boot, seed=seed,
+                                                        reference="adv_training").to_dict()
                 except StatsError as exc:
                     skipped[figure] = str(exc)
             member["vs_adv_training"] = {"vs": "adv_training", "n_boot": n_boot, "figures": figures, "skipped": skipped}

@@ -296,7 +296,8 @@ def _per_example(folder, name, seed, aa):
 
     path = folder.final(name, seed)
     path.mkdir(parents=True, exist_ok=True)
-    save_tensors(path / "per_example.safetensors", {"y": torch.arange(4), "adaptive.aa_linf.correct": torch.tensor(aa)}, {})
+    save_tensors(path / "per_example.safetensors", {"y": torch.arange(16), "adaptive.aa_linf.correct": torch.tensor(aa * 4)},
+                 {})  # 16 test images: the pattern of four, four times
 
 
 def test_each_front_member_is_paired_with_adv_training_from_its_own_finals_folder(tmp_path):
@@ -316,6 +317,7 @@ def test_each_front_member_is_paired_with_adv_training_from_its_own_finals_folde
     first, second = (m["vs_adv_training"]["figures"]["adaptive.aa_linf"] for m in full["front"])
     assert first["difference"] == pytest.approx(0.25) and second["difference"] == pytest.approx(-0.5)
     assert first["ci95"][0] <= 0.25 <= first["ci95"][1] and second["ci95"][1] <= 0 < first["ci95"][1]
+    assert second["verdict"].startswith("0.500 lower than adv_training")
     assert "adaptive.pgd_worst" in full["front"][0]["vs_adv_training"]["skipped"]  # no such per-example file here
     assert study_metrics(summary)["full-front1/vs_adv_training/adaptive.aa_linf"] == pytest.approx(-0.5)
 
