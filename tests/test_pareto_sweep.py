@@ -19,6 +19,7 @@ def robust_run(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("robust")
     run_dir = tmp / "run"
     out = subprocess.run([sys.executable, str(REPO / "sweeps" / "run.py"), "--space", "digits_robust", "--smoke",
+                          "--num-samples", "2",  # both random (startup 2): the front, its finals and the study are what count
                           "--run-dir", str(run_dir), "--cache-dir", str(tmp / "cache")],
                          cwd=tmp, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
