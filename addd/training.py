@@ -193,15 +193,20 @@ def run_epochs(
     epochs: int,
     device: torch.device,
     callback: EpochCallback | None = None,
+    resident: bool = False,
 ) -> list[EpochReport]:
     """Train ``model`` (which has a ``history`` list) for up to ``epochs`` epochs over ``data``
     (tensors of one length N, e.g. x, y, x_adv...). Each epoch shuffles with
     ``run.generators["shuffle"]`` and calls ``step`` on every full batch of ``min(batch_size, N)``.
+    ``resident`` (``train.resident``): move ``data`` to ``device`` once, here, and index every batch
+    there (no host-to-device copy per batch); otherwise each batch is sliced on the host and moved.
     Returns this call's reports (also appended to ``model.history``)."""
     n, batch = len(data[0]), min(batch_size, len(data[0]))
+    if resident:
+        data = [tensor.to(device) for tensor in data]
     reports: list[EpochReport] = []
     for epoch in range(1, epochs + 1):
-        report = _epoch(epoch, data, step, run.generators["shuffle"], n, batch, device)
+        report = _epoch(epoch, data, step, run.generators["shuffle"], n, batch, None if resident else device)
         reports.append(report)
         model.history.append(report)
         log.info("%s epoch %d: %s (%.1fs)", type(model).__name__, epoch, _format(report.losses), report.seconds)
@@ -211,13 +216,17 @@ def run_epochs(
 
 
 def _epoch(epoch: int, data: Sequence[torch.Tensor], step: Step, shuffle: torch.Generator, n: int, batch: int,
-           device: torch.device) -> EpochReport:
+           device: torch.device | None) -> EpochReport:
+    """One epoch; ``device`` None: ``data`` is resident on the training device (the shuffle, drawn on the
+    host as always, is moved there once and batches are indexed in place)."""
     start, sums, steps = time.perf_counter(), {}, 0
     order = torch.randperm(n, generator=shuffle)
+    if device is None:
+        order = order.to(data[0].device)
     for begin in range(0, n - batch + 1, batch):  # drop the last partial batch
         idx = order[begin : begin + batch]
         try:
-            values = step([tensor[idx].to(device) for tensor in data])
+            values = step([tensor[idx] for tensor in data] if device is None else [tensor[idx].to(device) for tensor in data])
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(f"epoch {epoch}, step {steps + 1}: {exc}") from None
         for name, value in values.items():
