@@ -86,10 +86,19 @@ def test_autocast_bf16_runs_the_networks_in_bf16_and_the_losses_in_fp32(monkeypa
     assert all(p.dtype == torch.float32 for p in defense.parameters())  # weights and Adam stay fp32
 
 
-def test_resident_training_data_gives_the_same_losses_and_weights(one_thread):
+def test_resident_training_data_gives_the_same_losses_and_weights(monkeypatch, one_thread):
+    """On CPU the data is where it was, so the fit must be the same; fit hands the flag to run_epochs."""
     losses, defense = _fit()
+    asked = []
+    real_run_epochs = addd.defense.run_epochs
+
+    def run_epochs_recording(*args, **kwargs):
+        asked.append(kwargs.get("resident"))
+        return real_run_epochs(*args, **kwargs)
+
+    monkeypatch.setattr(addd.defense, "run_epochs", run_epochs_recording)
     resident_losses, resident = _fit(TrainConfig(epochs=1, batch_size=16, resident=True))
-    assert resident_losses == losses and _same_weights(resident, defense)
+    assert asked == [True] and resident_losses == losses and _same_weights(resident, defense)
 
 
 @pytest.mark.parametrize("resident", [False, True])
