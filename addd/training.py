@@ -226,13 +226,19 @@ def _epoch(epoch: int, data: Sequence[torch.Tensor], step: Step, shuffle: torch.
     for begin in range(0, n - batch + 1, batch):  # drop the last partial batch
         idx = order[begin : begin + batch]
         try:
-            values = step([tensor[idx] for tensor in data] if device is None else [tensor[idx].to(device) for tensor in data])
+            values = step(take_batch(data, idx, device))
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(f"epoch {epoch}, step {steps + 1}: {exc}") from None
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value
         steps += 1
     return EpochReport(epoch, {k: v / steps for k, v in sums.items()}, time.perf_counter() - start, steps)
+
+
+def take_batch(data: Sequence[torch.Tensor], idx: torch.Tensor, device: torch.device | None) -> list[torch.Tensor]:
+    """The rows ``idx`` of every tensor of ``data``: sliced and moved to ``device``, or, ``device`` None
+    (resident data, ``idx`` on its device), indexed where the tensors already are."""
+    return [tensor[idx] for tensor in data] if device is None else [tensor[idx].to(device) for tensor in data]
 
 
 def _format(values: Mapping[str, float]) -> str:
