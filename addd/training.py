@@ -2,7 +2,8 @@
 
 A model supplies only its step: ``step(batch) -> {loss name: value}``, where ``batch`` is the
 list of its training tensors (x, y, then any paired adversarial sets) sliced to one shuffled
-mini-batch and moved to the training device. :func:`run_epochs` owns everything else:
+mini-batch and moved to the training device (or, ``resident``, moved there once and indexed there:
+``train.resident``). :func:`run_epochs` owns everything else:
 
 - the input checks (:func:`check_training_data`): shapes, dtype, [0, 1] range, finite values,
   one adversarial set per known attack paired with x, each failure one error that says what to fix;
