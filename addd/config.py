@@ -99,6 +99,9 @@ class LossConfig:
         )
 
 
+AUTOCAST_MODES = ("none", "bf16")  # train.autocast: "none" runs fp32 throughout
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings of the alternating min-max training."""
@@ -110,12 +113,18 @@ class TrainConfig:
     beta2: float = 0.999
     seed: int = 0
     device: str = "cpu"
+    # The GPU path (docs/gpu.md), off by default: the CPU path and its figures are unchanged.
+    autocast: str = "none"  # "bf16": the step's network forward passes in bfloat16 autocast (losses, Adam in fp32)
+    resident: bool = False  # True: x, y and the cached sets moved to `device` once per fit, batches indexed there
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, f"train.epochs must be >= 1, got {self.epochs}")
         _check(self.batch_size >= 2, f"train.batch_size must be >= 2, got {self.batch_size}")
         _check(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be > 0, got {self.lr}")
         _check(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2 must be in [0, 1)")
+        _check(self.autocast in AUTOCAST_MODES,
+               f"train.autocast must be one of {', '.join(AUTOCAST_MODES)}, got {self.autocast!r}")
+        _check(isinstance(self.resident, bool), f"train.resident must be true or false, got {self.resident!r}")
 
 
 @dataclass(frozen=True)
@@ -249,6 +258,7 @@ PAPER_LOSS_WEIGHTS: dict[str, dict[str, float]] = {
 
 __all__ = [
     "ABLATIONS",
+    "AUTOCAST_MODES",
     "ConfigError",
     "DefenseConfig",
     "LossConfig",

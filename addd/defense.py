@@ -112,11 +112,21 @@ class ADDDefense(nn.Module):
         """
         batch = x_original.shape[0]
         x_all = torch.cat([x_original, *x_adversarial])  # (nB, C, H, W), domain-major
-        z_mean, z_logvar = self.encoder(x_all)  # (nB, d) each
+        z_mean, z_logvar = self._net(self.encoder, x_all)  # (nB, d) each
         eps = torch.randn(z_mean.shape, generator=noise, device=z_mean.device, dtype=z_mean.dtype)
         z = z_mean + torch.exp(0.5 * z_logvar) * eps  # reparameterised sample of the PIR
         domain = torch.arange(1 + len(x_adversarial), device=x_all.device).repeat_interleave(batch)
-        return DomainForward(z_mean, z_logvar, z, self.generator(z), domain, batch)
+        return DomainForward(z_mean, z_logvar, z, self._net(self.generator, z), domain, batch)
+
+    def _net(self, module: nn.Module, x: torch.Tensor):
+        """``module(x)`` for the training step. With ``train.autocast`` "bf16" the forward pass runs
+        under bfloat16 autocast on x's device type and its output(s) come back as fp32, so the losses
+        (and, through them, the gradients' accumulation and Adam) stay in fp32; "none" is plain ``module(x)``."""
+        if self.config.train.autocast == "none":
+            return module(x)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out = module(x)
+        return tuple(o.float() for o in out) if isinstance(out, tuple) else out.float()
 
     def generator_side_losses(self, fwd: DomainForward, x_original: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The terms E, G and C minimise (eq 5 + eq 7) and their weighted ``total``.
@@ -131,10 +141,10 @@ class ADDDefense(nn.Module):
         if cfg.use_prior:
             terms["prior"] = losses.prior_loss(fwd.z_mean.split(fwd.batch), fwd.z_logvar.split(fwd.batch))
         if self.perturbation_discriminator is not None:
-            terms["confusion"] = losses.perturbation_confusion_loss(self.perturbation_discriminator(fwd.z))
-        terms["cls"] = losses.classification_loss(self.classifier(fwd.z), y.repeat(n))
+            terms["confusion"] = losses.perturbation_confusion_loss(self._net(self.perturbation_discriminator, fwd.z))
+        terms["cls"] = losses.classification_loss(self._net(self.classifier, fwd.z), y.repeat(n))
         if self.image_discriminator is not None:
-            terms["adv"] = losses.image_generator_loss(self.image_discriminator(fwd.x_restored))
+            terms["adv"] = losses.image_generator_loss(self._net(self.image_discriminator, fwd.x_restored))
         terms["mse"] = losses.reconstruction_loss(fwd.x_restored, x_original.repeat(n, 1, 1, 1))
         weights = {
             "mmd": 1.0,
@@ -151,10 +161,10 @@ class ADDDefense(nn.Module):
         """D_P's eq (2) and D_I's eq (6) losses on detached E/G outputs (what D_P, D_I minimise)."""
         terms: dict[str, torch.Tensor] = {}
         if self.perturbation_discriminator is not None:
-            logits = self.perturbation_discriminator(fwd.z.detach())
+            logits = self._net(self.perturbation_discriminator, fwd.z.detach())
             terms["dp"] = losses.perturbation_discriminator_loss(logits, fwd.domain)
         if self.image_discriminator is not None:
-            logits = self.image_discriminator(torch.cat([x_original, fwd.x_restored.detach()]))  # one pass
+            logits = self._net(self.image_discriminator, torch.cat([x_original, fwd.x_restored.detach()]))  # one pass
             real, fake = logits.split([x_original.shape[0], fwd.x_restored.shape[0]])
             terms["di"] = losses.image_discriminator_loss(real, fake)
         return terms
@@ -246,8 +256,8 @@ class ADDDefense(nn.Module):
             return self.training_step(optimizers, x_batch, y_batch, [by_name[name] for name in known], noise)
 
         try:
-            return run_epochs(self, [x, y, *(x_adv[name] for name in cached)], step, run=run,
-                              batch_size=t.batch_size, epochs=epochs or t.epochs, device=device, callback=callback)
+            return run_epochs(self, [x, y, *(x_adv[name] for name in cached)], step, run=run, batch_size=t.batch_size,
+                              epochs=epochs or t.epochs, device=device, callback=callback, resident=t.resident)
         finally:
             self.eval()
 

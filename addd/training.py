@@ -2,7 +2,8 @@
 
 A model supplies only its step: ``step(batch) -> {loss name: value}``, where ``batch`` is the
 list of its training tensors (x, y, then any paired adversarial sets) sliced to one shuffled
-mini-batch and moved to the training device. :func:`run_epochs` owns everything else:
+mini-batch and moved to the training device (or, ``resident``, moved there once and indexed there:
+``train.resident``). :func:`run_epochs` owns everything else:
 
 - the input checks (:func:`check_training_data`): shapes, dtype, [0, 1] range, finite values,
   one adversarial set per known attack paired with x, each failure one error that says what to fix;
@@ -193,15 +194,20 @@ def run_epochs(
     epochs: int,
     device: torch.device,
     callback: EpochCallback | None = None,
+    resident: bool = False,
 ) -> list[EpochReport]:
     """Train ``model`` (which has a ``history`` list) for up to ``epochs`` epochs over ``data``
     (tensors of one length N, e.g. x, y, x_adv...). Each epoch shuffles with
     ``run.generators["shuffle"]`` and calls ``step`` on every full batch of ``min(batch_size, N)``.
+    ``resident`` (``train.resident``): move ``data`` to ``device`` once, here, and index every batch
+    there (no host-to-device copy per batch); otherwise each batch is sliced on the host and moved.
     Returns this call's reports (also appended to ``model.history``)."""
     n, batch = len(data[0]), min(batch_size, len(data[0]))
+    if resident:
+        data = [tensor.to(device) for tensor in data]
     reports: list[EpochReport] = []
     for epoch in range(1, epochs + 1):
-        report = _epoch(epoch, data, step, run.generators["shuffle"], n, batch, device)
+        report = _epoch(epoch, data, step, run.generators["shuffle"], n, batch, None if resident else device)
         reports.append(report)
         model.history.append(report)
         log.info("%s epoch %d: %s (%.1fs)", type(model).__name__, epoch, _format(report.losses), report.seconds)
@@ -211,19 +217,29 @@ def run_epochs(
 
 
 def _epoch(epoch: int, data: Sequence[torch.Tensor], step: Step, shuffle: torch.Generator, n: int, batch: int,
-           device: torch.device) -> EpochReport:
+           device: torch.device | None) -> EpochReport:
+    """One epoch; ``device`` None: ``data`` is resident on the training device (the shuffle, drawn on the
+    host as always, is moved there once and batches are indexed in place)."""
     start, sums, steps = time.perf_counter(), {}, 0
     order = torch.randperm(n, generator=shuffle)
+    if device is None:
+        order = order.to(data[0].device)
     for begin in range(0, n - batch + 1, batch):  # drop the last partial batch
         idx = order[begin : begin + batch]
         try:
-            values = step([tensor[idx].to(device) for tensor in data])
+            values = step(take_batch(data, idx, device))
         except NonFiniteLossError as exc:
             raise NonFiniteLossError(f"epoch {epoch}, step {steps + 1}: {exc}") from None
         for name, value in values.items():
             sums[name] = sums.get(name, 0.0) + value
         steps += 1
     return EpochReport(epoch, {k: v / steps for k, v in sums.items()}, time.perf_counter() - start, steps)
+
+
+def take_batch(data: Sequence[torch.Tensor], idx: torch.Tensor, device: torch.device | None) -> list[torch.Tensor]:
+    """The rows ``idx`` of every tensor of ``data``: sliced and moved to ``device``, or, ``device`` None
+    (resident data, ``idx`` on its device), indexed where the tensors already are."""
+    return [tensor[idx] for tensor in data] if device is None else [tensor[idx].to(device) for tensor in data]
 
 
 def _format(values: Mapping[str, float]) -> str:

@@ -7,6 +7,8 @@
 #                                  # /tmp/site, then bench/step.py at width 1.0 on cuda, the CUDA attack
 #                                  # tests, and a smoke sweep with --gpus-per-trial 0.25 with nvidia-smi
 #                                  # sampled every 500 ms; everything lands in $OUT (<= 8 files).
+#   bash bench/gpu_run.sh step     # ON THE GPU MACHINE, no carry: only bench/step.py at width 1.0 on cuda,
+#                                  # default, --autocast bf16, --resident and both (issue 18; docs/gpu.md)
 #
 # The GPU machine (python3.12, torch 2.11, numpy, pandas, scipy, ... but no ray/optuna/mlflow/attack
 # libraries, no network) gets exactly the set below; each one was found missing by importing the sweep's
@@ -49,6 +51,15 @@ if [ "${1:-}" = bundle ]; then
 fi
 
 # ----------------------------------------------------------------------------- on the GPU machine
+if [ "${1:-}" = step ]; then  # issue 18 only: bench/step.py with the step options (torch + addd, no carry)
+  export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+  mkdir -p "${OUT:-/tmp/gpu_out}"
+  for opts in "" "--autocast bf16" "--resident" "--autocast bf16 --resident"; do
+    echo "=== bench/step.py --device cuda --width 1.0 --repeats 20 $opts"
+    timeout 120 python3 bench/step.py --device cuda --width 1.0 --repeats 20 $opts
+  done 2>&1 | tee "${OUT:-/tmp/gpu_out}/step.log"
+  exit 0
+fi
 O=${OUT:-/tmp/gpu_out}
 mkdir -p "$O" /tmp/site
 LOG=$O/gpu.log

@@ -33,6 +33,18 @@ def test_flat_dict_round_trip():
     assert from_flat_dict(flat) == config
 
 
+def test_the_gpu_path_options_are_off_by_default_and_flat_keys_like_any_other():
+    """train.autocast / train.resident (docs/gpu.md): off by default, and set, read back and
+    validated through the flat dict like every other key."""
+    default = to_flat_dict(DefenseConfig())
+    assert (default["train.autocast"], default["train.resident"]) == ("none", False)
+    on = DefenseConfig().replace(**{"train.autocast": "bf16", "train.resident": True})
+    assert (on.train.autocast, on.train.resident) == ("bf16", True)
+    assert from_flat_dict(to_flat_dict(on)) == on != DefenseConfig()
+    with pytest.raises(ConfigError, match="train.autocast must be one of none, bf16"):
+        DefenseConfig().replace(**{"train.autocast": "float16"})
+
+
 def test_from_flat_dict_accepts_partial_and_string_attacks():
     config = from_flat_dict({"loss.theta_mse": 10.0, "known_attacks": "CWu+CWt"})
     assert config.loss.theta_mse == 10.0 and config.known_attacks == ("CWu", "CWt")
@@ -49,6 +61,8 @@ def test_from_flat_dict_accepts_partial_and_string_attacks():
         (lambda: NetworkConfig(width=0), "network.width"),
         (lambda: NetworkConfig(image_size=28), "pad the data to 32x32"),
         (lambda: TrainConfig(epochs=0), "train.epochs"),
+        (lambda: TrainConfig(autocast="fp16"), r"train.autocast must be one of none, bf16, got 'fp16'"),
+        (lambda: TrainConfig(resident="yes"), "train.resident must be true or false, got 'yes'"),
         (lambda: DefenseConfig(known_attacks=("PGDu", "FGSM")), "unknown attack name"),
         (lambda: DefenseConfig(known_attacks=()), "at least one"),
         (lambda: DefenseConfig(known_attacks=("PGDu", "PGDu")), "duplicates"),

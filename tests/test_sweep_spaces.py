@@ -230,3 +230,19 @@ def test_a_trial_trains_on_the_cached_sets_of_its_known_attacks_only():
 
     got = cached_known(_Ctx, ("PGDu", "PGDa"))
     assert list(got) == ["PGDu"] and torch.equal(got["PGDu"], _Ctx.train.adv["PGDu"].x_adv)
+
+
+def test_set_fixes_the_gpu_path_options_like_any_config_key():
+    """--set train.autocast=bf16 / train.resident=true (docs/gpu.md) reach every trial's config;
+    a bad value is one SpaceError line naming the key."""
+    from sweeps.run import parse_overrides
+
+    space = get_space("digits_ablation", smoke=True)
+    base = space.with_base(parse_overrides(["train.autocast=bf16", "train.resident=true"])).base_config()
+    assert (base.train.autocast, base.train.resident) == ("bf16", True)
+    assert (space.base_config().train.autocast, space.base_config().train.resident) == ("none", False)
+    for item, words in [("train.autocast=fp16", "train.autocast must be one of none, bf16, got 'fp16'"),
+                        ("train.resident=yes", "train.resident must be true or false")]:
+        with pytest.raises(SpaceError, match=words) as info:
+            space.with_base(parse_overrides([item]))
+        assert "\n" not in str(info.value)
