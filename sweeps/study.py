@@ -226,8 +226,7 @@ def study_jobs(summary: Mapping[str, Any], device: str) -> list[Job]:
                             lambda s=s: _add_defense(s)))
     if summary.get(PAPER_SETTING):
         for seed in seeds:
-            s = TrialSpec(FINAL, "full", {**summary[PAPER_SETTING], "train.seed": seed, "train.device": device})
-            s = TrialSpec.parse(s.to_config())  # known attacks as the tuple a parsed spec holds
+            s = TrialSpec.final("full", {**summary[PAPER_SETTING], "train.device": device}, seed)
             jobs.append(Job(PAPER_SETTING, "baseline", seed, s.to_config(), s.defense_config().known_attacks,
                             lambda s=s: _add_defense(s)))
     target = summary["target_model"]
