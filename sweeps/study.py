@@ -34,11 +34,14 @@ The command line (successor of ``python -m ablations.run``, same flags)::
     python -m sweeps.study --sweep runs/digits_ablation
     python -m sweeps.study --sweep <MLflow parent run id> --tracking-uri sqlite:///runs/digits_ablation/mlflow.db
     python -m sweeps.study --space digits_ablation --config paper.json [--smoke] [--seeds 3]
+    python -m sweeps.study --space digits_robust --config member.json --adaptive-n 200 --baselines adv_training
 
 ``--config``: flat DefenseConfig keys as JSON, e.g. the paper's Appendix D weights
 ``{"loss.lambda_prior": 1e-4, "loss.lambda_dp": 1, "loss.lambda_cls": 1e-3, "loss.theta_mse": 1000,
 "known_attacks": ["PGDu", "PGDt"]}``: trains ``full`` from the config over the seeds (evaluated like
-a sweep's final), then the fixed ablations and baselines, then the report. Writes
+a sweep's final), then the fixed ablations and baselines, then the report. ``--adaptive-n`` evaluates
+the adaptive attacks on more (or fewer) test images than the space's; ``--baselines`` runs only the
+named baselines (``summary["study_baselines"]``). Writes
 ``<run>/summary.json`` and ``<run>/report/`` and logs both on the MLflow parent run. A run id is
 resolved to its run folder through the parent run's tag ``addd.run_dir``, else its ``plan.json``
 artifact; the tracking URI is ``--tracking-uri`` or $MLFLOW_TRACKING_URI.
@@ -117,9 +120,11 @@ def load_sets(summary: Mapping[str, Any], *, data_root: Path, train_attacks: tup
     ``sweeps.trial.sweep_requests``), so the cache returns the very sets the sweep's trials saw.
     Without ``allow_generation``, a set missing from the cache is a StudyError, never regenerated."""
     from addd.advcache import AdvCache
+    from addd.attack_names import is_online
     from addd.target_models import load_target_entry
     from sweeps.trial import cached_sets, sweep_dataset, sweep_requests
 
+    train_attacks = tuple(a for a in train_attacks if not is_online(a))  # made per batch in training, never cached
     space = space_as_run(summary)
     dataset = sweep_dataset(space, data_root)
     if summary.get("data_fingerprint") and dataset.fingerprint() != summary["data_fingerprint"]:
@@ -224,13 +229,14 @@ def study_jobs(summary: Mapping[str, Any], device: str) -> list[Job]:
             s = TrialSpec(FINAL, variant, {**flat, "train.seed": seed})
             jobs.append(Job(fixed_name(variant), "fixed", seed, s.to_config(), s.defense_config().known_attacks,
                             lambda s=s: _add_defense(s)))
-    if summary.get(PAPER_SETTING):
+    wanted = study_baselines(summary)
+    if summary.get(PAPER_SETTING) and PAPER_SETTING in wanted:
         for seed in seeds:
             s = TrialSpec.final("full", {**summary[PAPER_SETTING], "train.device": device}, seed)
             jobs.append(Job(PAPER_SETTING, "baseline", seed, s.to_config(), s.defense_config().known_attacks,
                             lambda s=s: _add_defense(s)))
     target = summary["target_model"]
-    for key in BASELINE_KEYS:
+    for key in (k for k in BASELINE_KEYS if k in wanted):
         known = _baseline_known(key, cfg.known_attacks)
         for seed in seeds:
             settings = {"baseline": key, "known_attacks": list(known), "network.width": cfg.network.width,
@@ -243,6 +249,14 @@ def study_jobs(summary: Mapping[str, Any], device: str) -> list[Job]:
                 target_arch=target.get("arch"), num_classes=cfg.network.num_classes, mse_weight=cfg.loss.theta_mse)
             jobs.append(Job(key, "baseline", seed, settings, tuple(known), build))
     return jobs
+
+
+def study_baselines(summary: Mapping[str, Any]) -> tuple[str, ...]:
+    """The baselines the study runs: summary["study_baselines"] where a command line narrowed them
+    (``python -m sweeps.study --baselines``), else every one (and the paper's setting where the
+    summary carries it)."""
+    given = summary.get("study_baselines")
+    return tuple(given) if given is not None else (*BASELINE_KEYS, PAPER_SETTING)
 
 
 def _baseline_known(key: str, known: tuple[str, ...]) -> tuple[str, ...]:
@@ -565,6 +579,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="with --space: output folder (default: runs/<space>[-smoke]-config)")
     p.add_argument("--cache-dir", type=Path, help="with --space: target models and adversarial sets (default: $ADDD_CACHE_DIR or ./.addd_cache)")
     p.add_argument("--data-root", type=Path, default=Path("./data"), help="with --space: dataset folder")
+    p.add_argument("--adaptive-n", type=int, help="with --space: adaptive attacks on the first N test images (default: the space's)")
+    p.add_argument("--baselines", nargs="+", choices=(*BASELINE_KEYS, PAPER_SETTING), metavar="NAME",
+                   help=f"with --space: only these baselines ({', '.join((*BASELINE_KEYS, PAPER_SETTING))}; default: all)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates per interval (default 2000)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging; re-raise errors")
     return p
@@ -663,6 +680,16 @@ def _train_given(args: argparse.Namespace, summary: dict[str, Any], cfg, flat: M
     summary["timings_seconds"] = {"full": time.perf_counter() - start}
 
 
+def config_space(args: argparse.Namespace):
+    """The space of ``--space`` (``--smoke``), with ``--adaptive-n`` applied (validated: at most the test split)."""
+    from sweeps.spaces import get_space
+
+    space = get_space(args.space, smoke=args.smoke)
+    if args.adaptive_n is None:
+        return space
+    return dataclasses.replace(space, adaptive_n=args.adaptive_n).validate()  # SpaceError: one error line
+
+
 def study_config(args: argparse.Namespace) -> Path:
     """Train full from a given config over seeds (like a sweep's finals), then run the study."""
     import torch
@@ -670,12 +697,11 @@ def study_config(args: argparse.Namespace) -> Path:
     from addd.config import to_flat_dict
     from addd.storage import atomic_write_bytes
     from addd.target_models import default_cache_dir, get_target_model
-    from sweeps.spaces import get_space
     from addd.figures import legend
     from sweeps.summary import FORMAT, summary_header
     from sweeps.trial import sweep_dataset
 
-    space = get_space(args.space, smoke=args.smoke)
+    space = config_space(args)
     device = "cuda" if space.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu"
     given, cfg = _given_config(space, args.config, device)
     flat = to_flat_dict(cfg)
@@ -687,6 +713,8 @@ def study_config(args: argparse.Namespace) -> Path:
     summary: dict[str, Any] = {"format": FORMAT, **summary_header(space, args.smoke, dataset, target, cache_dir),
                                "config_source": str(args.config), "objective": "none: a given config, no search",
                                "threat_models": legend()}
+    if args.baselines:
+        summary["study_baselines"] = list(dict.fromkeys(args.baselines))
     folder.plan.write_text(json.dumps({"run_dir": str(folder.root), "data_root": str(args.data_root.resolve()),
                                        "config": given}, indent=1))
     tracker = tracker_for(folder.root, summary, args.tracking_uri)

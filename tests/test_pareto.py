@@ -355,3 +355,56 @@ def test_the_mlflow_parent_run_carries_every_front_member_and_the_hypervolume():
     assert metrics["full-front0/adaptive/pgd_worst"] == pytest.approx(0.3)  # member 0's mean over its seeds
     assert metrics["full-front1/adaptive/aa_linf"] == pytest.approx(0.125)
     assert metrics["full/front/hypervolume_test"] == pytest.approx(0.135)
+
+
+def test_the_study_runs_only_the_baselines_a_command_line_names_and_its_adaptive_n(tmp_path):
+    from sweeps.study import PAPER_SETTING, build_parser, config_space, study_baselines, study_jobs
+
+    best = TrialSpec.final("full", {"known_attacks": ["PGDu", "PGDt"]}, 0).to_config()
+    summary = {"dataset": "digits", "target_model": {"arch": "small_cnn"}, PAPER_SETTING: dict(best),
+               "variants": {"full": {"best_config": best, "seeds": [{"seed": 0}, {"seed": 1}]}},
+               "study_fixed_ablations": False}
+    assert study_baselines(summary) == ("no_defense", "ape_gan", "adv_training", PAPER_SETTING)
+    assert {j.name for j in study_jobs(summary, "cpu")} == {"no_defense", "ape_gan", "adv_training", PAPER_SETTING}
+    narrowed = study_jobs({**summary, "study_baselines": ["adv_training"]}, "cpu")
+    assert [(j.name, j.seed) for j in narrowed] == [("adv_training", 0), ("adv_training", 1)]
+    parser = build_parser()
+    args = parser.parse_args(["--space", "digits_robust", "--config", "c.json", "--adaptive-n", "200",
+                              "--baselines", "adv_training", PAPER_SETTING])
+    assert args.baselines == ["adv_training", PAPER_SETTING]
+    assert config_space(args).adaptive_n == 200 and config_space(args).describe_finalists()["adaptive_test_examples"] == 200
+    assert config_space(parser.parse_args(["--space", "digits_robust", "--config", "c.json"])).adaptive_n == 48
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--space", "digits_robust", "--config", "c.json", "--baselines", "nope"])
+    with pytest.raises(SpaceError, match="adaptive_n must be >= 1"):
+        config_space(parser.parse_args(["--space", "digits_robust", "--config", "c.json", "--adaptive-n", "0"]))
+
+
+def test_the_standalone_study_never_asks_the_cache_for_an_online_attack(monkeypatch, tmp_path):
+    """A digits_robust final trains on PGDa (made per batch against the defense): rebuilding the
+    study's sets must request only the cached attacks (it used to fail: "unknown attack 'PGDa'")."""
+    import addd.target_models
+    import sweeps.trial
+    from sweeps.spaces import get_space as space_named
+    from sweeps.study import load_sets
+    from sweeps.summary import summary_header
+    from sweeps.trial import sweep_dataset
+
+    space = space_named("digits_robust", smoke=True)
+
+    class Target:
+        arch, weights_sha256, path, clean_test_accuracy = "small_cnn", "s", "p", 0.9
+
+    summary = summary_header(space, True, sweep_dataset(space, tmp_path), Target(), str(tmp_path))
+    summary["target_model"]["sha256"] = None
+    seen = []
+
+    def requests(space, dataset, target, *, device, train_attacks):
+        seen.append(train_attacks)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(addd.target_models, "load_target_entry", lambda path, device: Target())
+    monkeypatch.setattr(sweeps.trial, "sweep_requests", requests)
+    with pytest.raises(RuntimeError, match="stop here"):
+        load_sets(summary, data_root=tmp_path, train_attacks=("PGDa", "DDNu", "PGDu"))
+    assert seen == [("DDNu", "PGDu")]
