@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -345,3 +346,74 @@ def run_dir_of(tracking_uri: str, run_id: str) -> str:
         return json.loads(Path(local).read_text())["run_dir"]
     except (MlflowException, OSError, ValueError, KeyError) as exc:
         raise TrackingError(f"run {run_id} names no run folder (no {RUN_DIR_TAG} tag, no readable plan.json: {exc})") from None
+
+
+# ----------------------------------------------------------------------------- system metrics
+SYSTEM_PREFIX = "system/"  # MLflow's namespace for system metrics (its UI shows them in their own tab)
+
+
+class SystemSampler:
+    """CPU, memory and (where NVML finds a GPU) GPU utilisation, sampled every ``interval`` seconds
+    on a daemon thread by MLflow's own system-metrics monitors, plus this process's CPU share.
+
+    A trial runs one in its own process, so what it samples is the node it runs on. ``take()``
+    gives the means since the last ``take()`` (``system/<name>``, MLflow's system-metric names, e.g.
+    ``system/cpu_utilization_percentage``, ``system/gpu_0_utilization_percentage``) and starts
+    the next window. The driver logs them with the trial's other metrics: workers never talk to
+    MLflow themselves (a SQLite store has one writer)."""
+
+    def __init__(self, interval: float = 1.0):
+        import psutil
+        from mlflow.system_metrics.metrics.cpu_monitor import CPUMonitor
+
+        if not interval > 0:
+            raise ValueError(f"SystemSampler: interval must be > 0 seconds, got {interval}")
+        self.interval = interval
+        self._monitors = [CPUMonitor()]
+        try:
+            from mlflow.system_metrics.metrics.gpu_monitor import GPUMonitor
+
+            self._monitors.append(GPUMonitor())
+        except (ImportError, RuntimeError):  # no nvidia-ml-py, or NVML finds no GPU: CPU metrics only
+            pass
+        self._process = psutil.Process()
+        self._process.cpu_percent()  # the first call starts psutil's interval
+        self._own: list[float] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="addd-system-metrics", daemon=True)
+
+    @property
+    def gpus(self) -> bool:
+        return len(self._monitors) > 1
+
+    def __enter__(self) -> "SystemSampler":
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5 * self.interval)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def _sample(self) -> None:
+        with self._lock:
+            for monitor in self._monitors:
+                monitor.collect_metrics()
+            self._own.append(self._process.cpu_percent())
+
+    def take(self) -> dict[str, float]:
+        """Means over the window since the last call (one sample taken now, so never empty)."""
+        self._sample()
+        with self._lock:
+            out = {}
+            for monitor in self._monitors:
+                out.update(monitor.aggregate_metrics())
+                monitor.clear_metrics()
+            out["trial_process_cpu_percentage"] = round(sum(self._own) / len(self._own), 1)
+            self._own.clear()
+        return {SYSTEM_PREFIX + k: float(v) for k, v in out.items()}

@@ -10,11 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
+from sweeps._mlflow import SYSTEM_PREFIX
 from sweeps.trialspec import EPOCH, FAILURE, OBJECTIVE, TrialSpec
 
 log = logging.getLogger(__name__)
 
-_LOGGED_PREFIXES = ("loss/", "val/", "test/", "adaptive/")
+_LOGGED_PREFIXES = ("loss/", "val/", "test/", "adaptive/", SYSTEM_PREFIX)
 _LOGGED_KEYS = (OBJECTIVE, "epoch_seconds", "eval_seconds")
 
 

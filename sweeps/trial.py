@@ -32,6 +32,7 @@ from addd.advcache import AdvSet
 from addd.errors import AdddError
 from addd.evaluate import ReferencePredictions, evaluate, reference_predictions
 from addd.runfolder import CURVE_FILE, DEFENSE_FILE, IMAGES_FILE, PER_EXAMPLE_FILE
+from sweeps._mlflow import SYSTEM_PREFIX, SystemSampler
 from sweeps.spaces import PARETO
 from sweeps.trialspec import EPOCH, FAILURE, FINAL, OBJECTIVE, PARETO_KEYS, SEARCH, TrialSpec
 
@@ -349,6 +350,16 @@ def _event(ctx: TrialContext, trial_id: str, event: str, **fields: Any) -> None:
             fh.write(line + "\n")
 
 
+def system_metrics(sampler, device: torch.device) -> dict[str, float]:
+    """``system/...``: the sampler's means over the epoch, and on a GPU this trial's peak memory
+    (``torch.cuda.max_memory_allocated``, reset for the next epoch)."""
+    out = sampler.take()
+    if device.type == "cuda":
+        out[SYSTEM_PREFIX + "trial_gpu_max_memory_megabytes"] = torch.cuda.max_memory_allocated(device) / 1e6
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
+
+
 def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
     """Tune function trainable (see the module docstring)."""
     from addd.defense import ADDDefense, NonFiniteLossError, TrainingState, load_defense
@@ -398,11 +409,12 @@ def train_defense(config: dict[str, Any], ctx: TrialContext) -> None:
             if not final:  # evaluate_final saved them
                 save_tensors(Path(tmp) / IMAGES_FILE, restored_examples(model, ctx), {"epoch": epoch})
             (Path(tmp) / STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
-            _ray.report(metrics, checkpoint_dir=tmp)
+            _ray.report({**metrics, **system_metrics(sampler, device)}, checkpoint_dir=tmp)
 
     try:
-        defense.fit(ctx.train.x, ctx.train.y, cached_known(ctx, cfg.known_attacks), callback=on_epoch,
-                    epochs=epochs - start_epoch, resume_state=resume_state, target_model=ctx.target_model)
+        with SystemSampler() as sampler:  # the node's CPU/GPU use over each epoch (MLflow's system metrics)
+            defense.fit(ctx.train.x, ctx.train.y, cached_known(ctx, cfg.known_attacks), callback=on_epoch,
+                        epochs=epochs - start_epoch, resume_state=resume_state, target_model=ctx.target_model)
     except NonFiniteLossError as exc:  # a result, not a crash: the sweep goes on, the reason is kept
         log.warning("trial %s: %s", trial_id, exc)
         _ray.report({EPOCH: len(defense.history) + 1, OBJECTIVE: float("nan"), FAILURE: str(exc)})

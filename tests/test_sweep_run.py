@@ -103,6 +103,11 @@ def test_digits_smoke_sweep_is_readable_through_mlflow(tmp_path, cache_dir, digi
         assert "restored_grid.png" in [a.path for a in client.list_artifacts(child.info.run_id)]
         history = client.get_metric_history(child.info.run_id, "loss/total")
         assert sorted(m.step for m in history) == list(range(1, len(history) + 1))  # one value per epoch
+        # MLflow's system metrics, sampled in the trial over each epoch and logged with its figures
+        cpu = client.get_metric_history(child.info.run_id, "system/cpu_utilization_percentage")
+        assert sorted(m.step for m in cpu) == sorted(m.step for m in history)
+        assert all(0.0 < m.value <= 100.0 for m in cpu)
+        assert metrics["system/trial_process_cpu_percentage"] > 0 and metrics["system/system_memory_usage_megabytes"] > 0
     no_dp = [c for c in children if c.data.tags["variant"] == "no_dp"]
     assert all(float(c.data.params["loss.lambda_dp"]) == 0.0 and c.data.params["loss.use_dp"] == "False" for c in no_dp)
 
