@@ -201,6 +201,7 @@ DEFAULT_ARCH: dict[str, str] = {
     "mnist5k": "lenet",  # real MNIST digits: the paper's MNIST target (C.2)
     "fashion_mnist": "fmnist_cnn",
     "svhn": "svhn_cnn",
+    "svhn_synthetic": "svhn_cnn",  # benchmarks only: SVHN's shape
     "cifar10": "resnet",
 }
 

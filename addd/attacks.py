@@ -157,6 +157,8 @@ DATASET_PARAMS: dict[str, dict[str, dict[str, Any]]] = {
 
 # mnist5k is 5,000 real MNIST digits (addd.data): C.1's MNIST table, the same object.
 DATASET_PARAMS["mnist5k"] = DATASET_PARAMS["mnist"]
+# svhn_synthetic (benchmarks only: SVHN's shape and sizes, generated): SVHN's table.
+DATASET_PARAMS["svhn_synthetic"] = DATASET_PARAMS["svhn"]
 
 DATASETS: tuple[str, ...] = tuple(DATASET_PARAMS)
 

@@ -20,6 +20,11 @@ Names (``DATASET_NAMES``) and where their files are looked for under ``root``:
   that ``val`` and ``train`` are drawn from as for every dataset. 28x28 zero-padded to 32x32 as
   ``mnist``; 1 channel.
 
+- ``svhn_synthetic``: **for benchmarks only** (``bench/gpu.py``): SVHN's shape and sizes (73,257
+  train / 26,032 test, 32x32x3 uint8) generated on the fly from ``SYNTHETIC_SEED``: per class a
+  fixed smooth colour template, per image a random brightness, shift and noise, so a classifier
+  can learn it. No files, no network; no figure measured on it means anything about SVHN.
+
 Files are read by the small readers here (torchvision's dataset classes check md5 sums, which
 small test files fail); torchvision is used only to download (``download=True``).
 
@@ -55,6 +60,8 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # the digits test set is fixed, whatever `seed` is
 MNIST5K_SPLIT_SEED = 0  # the mnist5k test set is fixed, whatever `seed` is
 MNIST5K_TEST_PER_CLASS = 100  # of the 500 images per class; the other 400 form the training pool
+SYNTHETIC_SEED = 0  # svhn_synthetic: the same images in every run
+SYNTHETIC_SVHN_SIZES = (73257, 26032)  # SVHN's train / test sizes (extra left out)
 
 
 class DataError(AdddError):
@@ -352,6 +359,32 @@ def _load_mnist5k(root: Path, download: bool) -> _RawData:
     return _RawData(x[train], y[train], x[test], y[test])
 
 
+def _synthetic_images(rng: np.random.Generator, shifted: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``shifted``: (classes, shifts, 3, 32, 32) templates; each image one of its class's shifts."""
+    y = rng.integers(0, NUM_CLASSES, n)
+    x = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    for begin in range(0, n, 8192):  # in chunks: float32 noise for all 73k images at once is 900 MB
+        end = min(n, begin + 8192)
+        k = end - begin
+        base = shifted[y[begin:end], rng.integers(0, shifted.shape[1], k)]
+        gain = rng.uniform(0.6, 1.2, (k, 1, 1, 1)).astype(np.float32)
+        noise = rng.normal(0.0, 0.08, base.shape).astype(np.float32)
+        x[begin:end] = (np.clip(base * gain + noise, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return x, y.astype(np.int64)
+
+
+def _load_svhn_synthetic(root: Path, download: bool) -> _RawData:
+    rng = np.random.default_rng(SYNTHETIC_SEED)
+    coarse = rng.uniform(0.0, 1.0, (NUM_CLASSES, 3, 4, 4)).astype(np.float32)  # smooth: 4x4 upsampled
+    templates = torch.nn.functional.interpolate(torch.from_numpy(coarse), size=(IMAGE_SIZE, IMAGE_SIZE),
+                                                mode="bicubic", align_corners=False).clamp_(0, 1).numpy()
+    shifts = [(dy, dx) for dy in range(-3, 4) for dx in range(-3, 4)]
+    shifted = np.stack([np.roll(templates, d, axis=(2, 3)) for d in shifts], axis=1)  # (classes, 49, 3, 32, 32)
+    x_train, y_train = _synthetic_images(rng, shifted, SYNTHETIC_SVHN_SIZES[0])
+    x_test, y_test = _synthetic_images(rng, shifted, SYNTHETIC_SVHN_SIZES[1])
+    return _RawData(x_train, y_train, x_test, y_test)
+
+
 _LOADERS: dict[str, Callable[[Path, bool], _RawData]] = {
     "digits": _load_digits,
     "mnist5k": _load_mnist5k,
@@ -361,8 +394,9 @@ _LOADERS: dict[str, Callable[[Path, bool], _RawData]] = {
         "fashion_mnist", "FashionMNIST", "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/", "FashionMNIST"
     ),
     "cifar10": _load_cifar10,
+    "svhn_synthetic": _load_svhn_synthetic,  # benchmarks only
 }
-_CHANNELS = {"digits": 1, "mnist5k": 1, "svhn": 3, "mnist": 1, "fashion_mnist": 1, "cifar10": 3}
+_CHANNELS = {"digits": 1, "mnist5k": 1, "svhn": 3, "mnist": 1, "fashion_mnist": 1, "cifar10": 3, "svhn_synthetic": 3}
 DATASET_NAMES: tuple[str, ...] = tuple(_LOADERS)
 
 

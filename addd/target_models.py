@@ -121,6 +121,7 @@ DEFAULT_SETTINGS: dict[str, TargetTrainSettings] = {
     "mnist5k": TargetTrainSettings(epochs=30, batch_size=64, lr=1e-3),
     "fashion_mnist": TargetTrainSettings(epochs=20, batch_size=128, lr=1e-3),
     "svhn": TargetTrainSettings(epochs=20, batch_size=128, lr=1e-3, weight_decay=5e-4),
+    "svhn_synthetic": TargetTrainSettings(epochs=2, batch_size=128, lr=1e-3),  # benchmarks only: easy to learn
     "cifar10": TargetTrainSettings(
         epochs=160, batch_size=128, lr=0.1, optimizer="sgd", weight_decay=1e-4, augment="crop_flip"
     ),

@@ -9,6 +9,8 @@
 #                                  # sampled every 500 ms; everything lands in $OUT (<= 8 files).
 #   bash bench/gpu_run.sh step     # ON THE GPU MACHINE, no carry: only bench/step.py at width 1.0 on cuda,
 #                                  # default, --autocast bf16, --resident and both (issue 18; docs/gpu.md)
+#   bash bench/gpu_run.sh busy     # ON THE GPU MACHINE (carry [".gpu"]): only bench/gpu.py, 8 trials packed
+#                                  # 4 per GPU on svhn_synthetic at width 1.0 (issue 18: utilisation)
 #
 # The GPU machine (python3.12, torch 2.11, numpy, pandas, scipy, ... but no ray/optuna/mlflow/attack
 # libraries, no network) gets exactly the set below; each one was found missing by importing the sweep's
@@ -24,6 +26,7 @@ PKGS=(
   fastapi==0.165.0 starlette==1.10.0 databricks-sdk==0.162.0 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12
   cachetools==7.3.3 importlib-metadata==9.1.0 sqlparse==0.6.1 python-dotenv==1.2.4
   pyautoattack==0.2.0 foolbox==3.3.4 eagerpy==0.30.0 gitpython==3.2.1 gitdb==4.0.12 smmap==5.0.3
+  psutil==7.2.2 nvidia-ml-py==13.615.71
 )
 # Not needed by a local sweep (include_dashboard=False, no Java, no RLlib/Serve/LLM) or data files
 # (pyautoattack's 45 MB example model): dropped so the tarball fits one device call. xz, not zstd: the GPU
@@ -77,6 +80,12 @@ elif [ -f .gpu/site.tar.zst ] && ls .gpu/zst/zstandard-*.whl >/dev/null 2>&1; th
 else echo "no .gpu/site.tar.xz (or .zst with zstd there): run 'bash bench/gpu_run.sh bundle' here first"; exit 1; fi
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 RAY_USAGE_STATS_ENABLED=0
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+if [ "${1:-}" = busy ]; then
+  stamp "bench/gpu.py (trials per GPU-hour, SM utilisation from the trials' MLflow system metrics)"
+  timeout "${BUSY_TIMEOUT:-480}" python3 bench/gpu.py --trials-per-gpu 4 --num-samples 8 --epochs 2
+  echo "bench exit: $?"
+  exit 0
+fi
 python3 -c "import sys, torch, scipy, ray, optuna, mlflow, advertorch, foolbox, pyautoattack; print(sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'scipy', scipy.__version__, 'ray', ray.__version__, 'optuna', optuna.__version__, 'mlflow', mlflow.__version__)"
 
 stamp "bench/step.py --device cuda --width 1.0"

@@ -417,3 +417,21 @@ class SystemSampler:
             out["trial_process_cpu_percentage"] = round(sum(self._own) / len(self._own), 1)
             self._own.clear()
         return {SYSTEM_PREFIX + k: float(v) for k, v in out.items()}
+
+
+def child_metric_values(tracking_uri: str, experiment: str, names: tuple[str, ...]) -> dict[str, dict[str, list[float]]]:
+    """run name -> metric name -> every logged value (all steps), for the child runs of ``experiment``
+    (benchmarks read the trials' system metrics back this way)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise TrackingError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+    out: dict[str, dict[str, list[float]]] = {}
+    for run in client.search_runs([found.experiment_id], max_results=10000):
+        if PARENT_TAG not in run.data.tags:
+            continue
+        out[run.info.run_name] = {n: [m.value for m in client.get_metric_history(run.info.run_id, n)] for n in names
+                                  if n in run.data.metrics}
+    return out

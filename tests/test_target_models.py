@@ -26,7 +26,7 @@ from addd.target_models import (
 )
 
 TINY = TargetTrainSettings(epochs=1, batch_size=32, lr=3e-3)
-CHANNELS = {"digits": 1, "mnist": 1, "mnist5k": 1, "fashion_mnist": 1, "svhn": 3, "cifar10": 3}
+CHANNELS = {"digits": 1, "mnist": 1, "mnist5k": 1, "fashion_mnist": 1, "svhn": 3, "cifar10": 3, "svhn_synthetic": 3}
 
 
 @pytest.fixture(scope="module")
