@@ -91,7 +91,7 @@ def _table2(row: str, defense: str | None, values: tuple[float, float, float, fl
 
 
 _ADD_S = ("ADD-Defense-S is trained on STu + PGDt; this suite computes ST only on val/test (C.1's ST costs "
-          "~8 s an image on a CPU thread), not on the training set")
+          "4-8 s an image on a CPU thread), not on the training set")
 _TABLE7 = ("App. G.3 trains on a different target (C&W / DDN adversarial images as the images to restore); "
            "this project's defenses restore the originals")
 _OTHER_METHOD = "another method's white-box figure (no {0} model in this project); context for the 0.9765"

