@@ -30,6 +30,7 @@ from sweeps.spaces import PARETO, Choice
 DATASETS: dict[str, tuple[int, int, int]] = {
     "digits": (1438, 359, 1), "mnist5k": (4000, 1000, 1), "mnist": (60000, 10000, 1),
     "fashion_mnist": (60000, 10000, 1), "svhn": (73257, 26032, 3), "cifar10": (50000, 10000, 3),
+    "svhn_synthetic": (73257, 26032, 3),  # benchmarks only (bench/gpu.py)
 }
 VAL_FRACTION, VAL_CAP = 0.1, 5000  # addd.data's default n_val: 10% of the training examples, at most 5000
 BASELINES = ("no_defense", "ape_gan", "adv_training")  # sweeps.study.BASELINE_KEYS (checked by a test)
