@@ -681,7 +681,8 @@ def _train_given(args: argparse.Namespace, summary: dict[str, Any], cfg, flat: M
 
 
 def config_space(args: argparse.Namespace):
-    """The space of ``--space`` (``--smoke``), with ``--adaptive-n`` applied (validated: at most the test split)."""
+    """The space of ``--space`` (``--smoke``), with ``--adaptive-n`` applied (``Space.validate``: N >= 1;
+    an N above the test split attacks the whole split)."""
     from sweeps.spaces import get_space
 
     space = get_space(args.space, smoke=args.smoke)
@@ -737,6 +738,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not args.sweep and not (args.space and args.config):
         print("error: --space and --config go together (ablating a config needs both)", file=sys.stderr)
+        return 2
+    if args.sweep and (args.adaptive_n is not None or args.baselines):
+        print("error: --adaptive-n and --baselines go with --space and --config; a --sweep study runs as the sweep did",
+              file=sys.stderr)
         return 2
     try:
         summary_path = study_sweep(args.sweep, args.tracking_uri, args.n_boot) if args.sweep else study_config(args)

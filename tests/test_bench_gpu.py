@@ -8,6 +8,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -33,8 +34,8 @@ def test_svhn_synthetic_has_svhns_shape_and_sizes_and_is_the_same_every_time():
     assert small.fingerprint() == load_dataset("svhn_synthetic", n_train=500, n_val=100, n_test=200).fingerprint()
     # learnable: the class templates differ, so a nearest-class-mean classifier beats chance by far
     x, y = small.train.x.flatten(1), small.train.y
-    means = __import__("torch").stack([x[y == c].mean(0) for c in range(10)])
-    predicted = __import__("torch").cdist(small.test.x.flatten(1), means).argmin(1)
+    means = torch.stack([x[y == c].mean(0) for c in range(10)])
+    predicted = torch.cdist(small.test.x.flatten(1), means).argmin(1)
     assert (predicted == small.test.y).float().mean() > 0.5
 
 

@@ -380,6 +380,16 @@ def test_the_study_runs_only_the_baselines_a_command_line_names_and_its_adaptive
         config_space(parser.parse_args(["--space", "digits_robust", "--config", "c.json", "--adaptive-n", "0"]))
 
 
+@pytest.mark.parametrize("extra", [["--adaptive-n", "200"], ["--baselines", "adv_training"]])
+def test_the_config_only_flags_are_refused_with_a_sweep(extra, tmp_path, capsys):
+    from sweeps.study import main
+
+    assert main(["--sweep", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "go with --space and --config" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
 def test_the_standalone_study_never_asks_the_cache_for_an_online_attack(monkeypatch, tmp_path):
     """A digits_robust final trains on PGDa (made per batch against the defense): rebuilding the
     study's sets must request only the cached attacks (it used to fail: "unknown attack 'PGDa'")."""
