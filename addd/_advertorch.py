@@ -13,6 +13,7 @@ import sys
 import warnings
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +27,97 @@ _CLASSES = {
     "LS": "LocalSearchAttack",
     "ST": "SpatialTransformAttack",
 }
+
+
+def _local_search_class():
+    """advertorch's LocalSearchAttack with its per-pixel Python loops done as tensor operations:
+    the same algorithm, the same random draws in the same order and the same float32 arithmetic,
+    so the same adversarial images bit for bit (tests/test_attacks.py compares the two), in a
+    fraction of the time (``python bench/local_search.py``). Three loops go: building the
+    candidate images (one seed pixel set to +-p each), the distance of every candidate (now only
+    of the ones that fool the model, the only ones the original keeps), the cyclic update of the
+    chosen pixels and the next round's neighbourhood; and a model pass whose output advertorch
+    discards (the candidates unclamped, before the clamped pass it uses). The rest of
+    ``perturb_single`` is advertorch's, line for line."""
+    advertorch = _import()
+    from advertorch.attacks.utils import is_successful
+    from advertorch.utils import clamp
+
+    class LocalSearchAttack(advertorch.attacks.LocalSearchAttack):
+        def _candidates(self, adv: torch.Tensor, pxy: torch.Tensor) -> torch.Tensor:
+            rows, cols = pxy[:, 0].long(), pxy[:, 1].long()  # int() of the non-negative coordinates
+            pixels = adv[:, rows, cols].T  # (N, C)
+            zero = torch.zeros((), dtype=adv.dtype)
+            values = torch.where(pixels > 0, torch.full_like(pixels, self.p),
+                                 torch.where(pixels < 0, torch.full_like(pixels, -1 * self.p), zero))
+            batch = adv.unsqueeze(0).repeat(len(pxy), 1, 1, 1)
+            batch[torch.arange(len(pxy)), :, rows, cols] = values
+            return batch
+
+        def _score(self, batch, y, ori, best_dist):
+            x = self._revert_rescale(batch)
+            if not self.comply_with_foolbox:  # advertorch also predicts the unclamped x here, then discards it
+                x = clamp(x, self.clip_min, self.clip_max)
+            batch_logits = self.predict(x)
+            _, bests = torch.max(batch_logits, dim=1)
+            best_img = None
+            fooled = bests == y if self.targeted is True else bests != y
+            for ii in fooled.nonzero().flatten().tolist():  # in order, as advertorch's loop over all
+                curr_dist = torch.sum((x[ii] - ori) ** 2)
+                if curr_dist < best_dist:
+                    best_img, best_dist = x[ii], curr_dist
+            return torch.nn.Softmax(dim=1)(batch_logits)[:, y], best_img, best_dist
+
+        def _cyclic_update(self, adv, pxy_star, lb, ub) -> None:
+            rows, cols = pxy_star[:, 0].long(), pxy_star[:, 1].long()
+            result = self.r * adv[:, rows, cols]
+            result = torch.where(result < lb, result + (ub - lb), torch.where(result > ub, result - (ub - lb), result))
+            adv[:, rows, cols] = result  # the chosen pixels are distinct: order does not matter
+
+        def _neighbourhood(self, pxy_star: torch.Tensor, shape) -> list:
+            """advertorch's next seed pixels: the (2d+1)^2 square around each chosen pixel, in its
+            order (pixel, row, column), inside the image, put in a set and listed. The same
+            Python ints go into the set in the same order, so the list has the same order too."""
+            centres = pxy_star.long()  # int() of each non-negative coordinate
+            offsets = torch.arange(-self.d, self.d + 1)
+            rows = (centres[:, 0, None, None] + offsets[None, :, None]).expand(-1, len(offsets), len(offsets))
+            cols = (centres[:, 1, None, None] + offsets[None, None, :]).expand(-1, len(offsets), len(offsets))
+            rows, cols = rows.flatten(), cols.flatten()
+            inside = (rows >= 0) & (rows < shape[2]) & (cols >= 0) & (cols < shape[1])
+            return list(set(zip(rows[inside].tolist(), cols[inside].tolist())))
+
+        def perturb_single(self, x, y):
+            rescaled_x = x.detach().clone()
+            best_img, best_dist = None, np.inf
+            rescaled_x, lb, ub = self._rescale_to_m0d5_to_0d5(rescaled_x, vmin=self.clip_min, vmax=self.clip_max)
+            init_rand = np.random.permutation(x.shape[1] * x.shape[2]) if self.comply_with_foolbox is True else None
+            pxy = self._random_sample_seeds(x.shape[1], x.shape[2], seed_ratio=self.seed_ratio,
+                                            max_nb_seeds=self.max_nb_seeds, init_rand=init_rand).to(x.device)
+            adv = rescaled_x
+            for _ in range(self.round_ub):
+                if not self.comply_with_foolbox:
+                    adv = rescaled_x.detach().clone()
+                if self.comply_with_foolbox:
+                    pxy = pxy[torch.from_numpy(np.random.permutation(len(pxy))[:self.max_nb_seeds])]
+                else:
+                    pxy = pxy[torch.randperm(len(pxy))[:self.max_nb_seeds]]
+                scores, curr_best_img, curr_best_dist = self._score(self._candidates(adv, pxy), y, x, best_dist)
+                if curr_best_img is not None:
+                    best_img, best_dist = curr_best_img, curr_best_dist
+                _, indices = torch.sort(scores)
+                pxy_star = pxy[indices[:self.t].data.cpu()]
+                self._cyclic_update(adv, pxy_star, lb, ub)
+                revert_adv = self._revert_rescale(adv)
+                curr_lb = self._get_predicted_label(revert_adv.unsqueeze(0))
+                curr_dist = torch.sum((x - revert_adv) ** 2)
+                if is_successful(int(curr_lb), y, self.targeted) and curr_dist < best_dist:
+                    return revert_adv
+                if is_successful(curr_lb, y, self.targeted):
+                    return best_img
+                pxy = torch.FloatTensor(self._neighbourhood(pxy_star, x.shape))
+            return x if best_img is None else best_img
+
+    return LocalSearchAttack
 
 
 def version() -> str:
@@ -90,7 +182,8 @@ def perturb(
     because the attack gave up on them (ST only).
     """
     advertorch = _import()
-    attack = getattr(advertorch.attacks, _CLASSES[family])(model, **kwargs)
+    cls = _local_search_class() if family == "LS" else getattr(advertorch.attacks, _CLASSES[family])
+    attack = cls(model, **kwargs)
     with warnings.catch_warnings(), _lbfgs_without_iprint():
         # advertorch 0.2.3 predates these torch defaults; the warnings say nothing about our use
         warnings.filterwarnings("ignore", message=r"Default grid_sample and affine_grid behavior")

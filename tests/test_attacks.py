@@ -442,3 +442,23 @@ def test_runs_on_cuda(name, digits):
     model = SmallCNN().eval()
     result = run_attack(name, model, x, y, dataset=DATASET, budget=0.02, device="cuda")
     assert result.x_adv.device == x.device and result.x_adv.shape == x.shape
+
+
+def test_fast_local_search_gives_advertorchs_images_bit_for_bit(digits, models):
+    """addd/_advertorch.py's LocalSearchAttack (its per-pixel loops as tensor operations) against
+    advertorch's own class: the same images, seed for seed, with the digits suite's parameters, on
+    the linear model (the one LS moves: on the CNN both return the images unchanged)."""
+    from addd import _advertorch
+
+    advertorch = _advertorch._import()
+    model = models["linear"]
+    x, y = _correct_examples(digits, model, 8)
+    kwargs = {key: value for key, value in attack_params("LSu", DATASET).items()
+              if key in ("p", "r", "t", "d", "k", "round_ub", "seed_ratio", "max_nb_seeds")}
+    outputs = []
+    for cls in (advertorch.attacks.LocalSearchAttack, _advertorch._local_search_class()):
+        torch.manual_seed(3)
+        outputs.append(cls(model, **kwargs).perturb(x.clone(), y.clone()))
+    assert torch.equal(outputs[0], outputs[1])
+    changed = (outputs[0] != x).flatten(1).any(1)
+    assert 0 < changed.sum() < len(x)  # images the attack moved and images it gave up on, both compared
