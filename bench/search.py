@@ -21,8 +21,20 @@ search found / trial-epochs random search spent until it found it (goal <= 1/3);
 seed where TPE+ASHA never reached it. One seed alone can read 1.000 when random search's first
 trial (the paper's point for TPE too) is its best.
 
+``--objective pareto``: the sweep's multi-objective search instead (``objective = pareto``:
+reconstruction accuracy, oblivious worst unknown and the adaptive probe on val, each maximised;
+no early stopping, as in the sweep). Multi-objective TPE (``TpeSearcher(objectives=3)`` through
+``build_schedule``, the paper's point first) against Optuna's ``RandomSampler``, both over the
+same search space and trials; every trial trains to max_t epochs, so after k trials both have
+spent k * max_t trial-epochs. The figure per seed is the hypervolume of the complete trials'
+values above the origin (the report's reference point) at equal trial-epochs; the last line is
+``ratio: X``, the median over seeds of TPE's hypervolume / random search's after all trials
+(> 1: TPE's front dominates more). The probe runs once per trial, after its last epoch (the only
+values the front uses); the sweep runs it every epoch, which costs time, not trial-epochs.
+
     python bench/search.py --quick      # small data, few epochs and trials (~minutes on 2 cores)
     python bench/search.py              # digits_ablation at full size, 12 trials each
+    python bench/search.py --objective pareto
 """
 
 from __future__ import annotations
@@ -68,8 +80,31 @@ def prepare(space, cache_dir: Path, threads: int):
                                budget=space.attack_budget, seed=0) for a in attacks]
         sets[split] = SplitSets(d.x, d.y, cache.get_many(requests))
     torch.set_num_threads(threads)
+    from addd.attacks import attack_params
+    from sweeps.trial import Probe
+
+    probe = Probe(eps=float(attack_params("PGDu", space.dataset)["eps"]), n=space.probe_n, steps=space.probe_steps)
     return TrialContext(train=sets["train"], val=sets["val"], test=sets["val"], target_model=target.model,
-                        holdout_attacks=tuple(space.holdout_attacks), threads=threads, events_path=None)
+                        holdout_attacks=tuple(space.holdout_attacks), threads=threads, events_path=None,
+                        probe=probe, objective=space.objective)
+
+
+def train_pareto(spec, ctx) -> tuple[tuple[float, ...] | None, int]:
+    """Train one trial to max_t and return its :data:`sweeps.trialspec.PARETO_KEYS` values after the
+    last epoch (None if a loss went non-finite or a value is not finite) and the epochs trained."""
+    from addd.defense import ADDDefense, NonFiniteLossError
+    from sweeps.trial import evaluate_search
+    from sweeps.trialspec import PARETO_KEYS
+
+    cfg = spec.defense_config()
+    try:
+        model = ADDDefense(cfg)
+        model.fit(ctx.train.x, ctx.train.y, {a: ctx.train.adv[a].x_adv for a in cfg.known_attacks})
+    except NonFiniteLossError:
+        return None, len(model.history)
+    metrics = evaluate_search(model, ctx, cfg.known_attacks)
+    values = tuple(float(metrics[key]) for key in PARETO_KEYS)
+    return (values if all(math.isfinite(v) for v in values) else None), cfg.train.epochs
 
 
 def train_trial(spec, ctx, keep_going) -> tuple[float | None, int, float | None]:
@@ -167,6 +202,81 @@ def run_random(space, ctx, trials: int, seed: int, url: str) -> list[tuple[int, 
     return out
 
 
+def run_pareto(space, ctx, trials: int, seed: int, url: str, sampler: str) -> list[tuple[int, tuple | None]]:
+    """[(cumulative trial-epochs, PARETO_KEYS values or None if it failed)] per trial, in order, of
+    multi-objective TPE (``sampler`` "tpe", the sweep's searcher and schedule) or random search."""
+    import optuna
+
+    from sweeps import _optuna
+    from sweeps.schedule import build_schedule
+    from sweeps.trialspec import EPOCH, OBJECTIVE, PARETO_KEYS, TrialSpec
+
+    space = replace(space, variants=("full",), objective="pareto")
+    if sampler == "tpe":
+        class _Plan:  # what build_schedule reads of a sweeps.plan.Plan
+            def __init__(self):
+                self.space, self.device, self.num_samples, self.seeds = space, "cpu", trials, 0
+
+        schedule = build_schedule(_Plan(), lambda variant, search, first: _optuna.TpeSearcher(
+            url=url, study_name="pareto-tpe", search=search, seed=seed, startup_trials=min(space.startup_trials, trials),
+            first_point=first, objectives=len(PARETO_KEYS)))
+        suggest = schedule.suggest
+    else:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        search = space.variant_search("full")
+        from addd.config import to_flat_dict
+
+        constants = {k: v for k, v in to_flat_dict(space.base_config()).items() if k not in search}
+        study = optuna.create_study(study_name="pareto-random", storage=url, sampler=optuna.samplers.RandomSampler(seed=seed),
+                                    directions=["maximize"] * len(PARETO_KEYS))
+        asked = {}
+
+        def suggest(trial_id):
+            asked[trial_id] = study.ask({k: _optuna._distribution(d) for k, d in search.items()})
+            return TrialSpec.search("full", {**constants, **asked[trial_id].params}).to_config()
+    out, spent = [], 0
+    for i in range(trials):
+        trial_id = f"p{i}"
+        values, epochs = train_pareto(TrialSpec.parse(suggest(trial_id)), ctx)
+        spent += epochs
+        if sampler == "tpe":
+            result = {EPOCH: epochs, OBJECTIVE: min(values) if values else float("nan"),
+                      **({k: v for k, v in zip(PARETO_KEYS, values)} if values else {})}
+            schedule.on_trial_complete(trial_id, result, error=values is None)
+        elif values is None:
+            study.tell(asked[trial_id], state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(asked[trial_id], list(values))
+        out.append((spent, values))
+        logging.info("pareto %s trial %d: values %s (total %d trial-epochs)", sampler, i, values, spent)
+    return out
+
+
+def hypervolume_history(trials: list[tuple[int, tuple | None]]) -> list[tuple[int, float]]:
+    """[(cumulative trial-epochs, hypervolume above the origin of the complete trials so far)]."""
+    from sweeps._optuna import hypervolume
+
+    out, points = [], []
+    for spent, values in trials:
+        if values is not None:
+            points.append(values)
+        out.append((spent, hypervolume(points, [0.0] * len(values or points[0])) if points else 0.0))
+    return out
+
+
+def pareto_seed(random: list, tpe: list) -> dict:
+    """One seed's pareto figures: both searches' hypervolume at half and all of their (equal)
+    trial-epochs, and ``ratio`` = TPE's / random's at the end (inf if random's is 0)."""
+    hv_random, hv_tpe = hypervolume_history(random), hypervolume_history(tpe)
+    if [e for e, _ in hv_random] != [e for e, _ in hv_tpe]:
+        raise ValueError("the two searches did not spend equal trial-epochs per trial")
+    half = len(hv_random) // 2 - 1
+    end_random, end_tpe = hv_random[-1][1], hv_tpe[-1][1]
+    return {"epochs": hv_random[-1][0], "half_epochs": hv_random[half][0], "random_half": hv_random[half][1],
+            "tpe_half": hv_tpe[half][1], "random": end_random, "tpe": end_tpe,
+            "ratio": end_tpe / end_random if end_random > 0 else math.inf}
+
+
 def seed_ratio(random: list, tpe: list) -> dict:
     """One sampler seed's figures: random search's best and the trial-epochs each search needed
     to reach it (``ratio`` = TPE+ASHA's / random's; inf if TPE+ASHA never reached it)."""
@@ -185,6 +295,9 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="smoke-size data, 4 epochs, 6 trials each")
     p.add_argument("--trials", type=int, help="trials per search (default: 6 with --quick, else 12)")
     p.add_argument("--seeds", type=int, default=5, help="sampler seeds 0..N-1, each search repeated per seed (default 5)")
+    p.add_argument("--objective", choices=("oblivious", "pareto"), default="oblivious",
+                   help="oblivious: TPE+ASHA vs random, trial-epochs to random's best; pareto: hypervolume at equal trial-epochs")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--cache-dir", type=Path, help="target models and adversarial sets (default: a temp folder)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -193,24 +306,40 @@ def main() -> int:
 
     space = get_space("digits_ablation")
     if args.quick:
-        space = replace(space, **QUICK).validate()
+        space = replace(space, **QUICK, probe_n=32, probe_steps=5).validate()
     trials = args.trials or (6 if args.quick else 12)  # the quick start's 4 per variant is too few to compare
     start = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = prepare(space, args.cache_dir or Path(tmp) / "cache", threads=2)
+        ctx = prepare(space, args.cache_dir or Path(tmp) / "cache", threads=args.threads)
         prepared = time.perf_counter() - start
         for seed in range(args.seeds):  # the same cached sets for every seed: only the samplers differ
             url = f"sqlite:///{Path(tmp) / f'optuna-{seed}.db'}"
-            rows.append(seed_ratio(run_random(space, ctx, trials, seed, url), run_tpe_asha(space, ctx, trials, seed, url)))
-    print(f"space: digits_ablation{' (quick)' if args.quick else ''}, {trials} trials each, max_t {space.asha()['max_t']} "
-          f"epochs, ASHA {space.asha()}; sets and target model {prepared:.0f}s, searches {time.perf_counter() - start - prepared:.0f}s")
-    for seed, r in enumerate(rows):
-        print(f"seed {seed}: random best {r['random_best']:.4f} after {r['random_epochs']}/{r['random_total']} trial-epochs; "
-              f"TPE+ASHA best {r['tpe_best']:.4f}, reached random's best after "
-              f"{r['tpe_reached'] if r['tpe_reached'] is not None else 'never'}/{r['tpe_total']}: ratio {r['ratio']:.3f}")
+            if args.objective == "pareto":
+                rows.append(pareto_seed(run_pareto(space, ctx, trials, seed, url, "random"),
+                                        run_pareto(space, ctx, trials, seed, url, "tpe")))
+            else:
+                rows.append(seed_ratio(run_random(space, ctx, trials, seed, url), run_tpe_asha(space, ctx, trials, seed, url)))
+    name = f"digits_ablation{' (quick)' if args.quick else ''}"
+    searched = time.perf_counter() - start - prepared
+    if args.objective == "pareto":
+        print(f"space: {name}, objective pareto {PARETO_WORDS}, {trials} trials each to max_t {space.asha()['max_t']} "
+              f"epochs (no early stopping); sets and target model {prepared:.0f}s, searches {searched:.0f}s")
+        for seed, r in enumerate(rows):
+            print(f"seed {seed}: hypervolume at {r['half_epochs']} trial-epochs: TPE {r['tpe_half']:.4f}, random "
+                  f"{r['random_half']:.4f}; at {r['epochs']}: TPE {r['tpe']:.4f}, random {r['random']:.4f}: ratio {r['ratio']:.3f}")
+    else:
+        print(f"space: {name}, {trials} trials each, max_t {space.asha()['max_t']} "
+              f"epochs, ASHA {space.asha()}; sets and target model {prepared:.0f}s, searches {searched:.0f}s")
+        for seed, r in enumerate(rows):
+            print(f"seed {seed}: random best {r['random_best']:.4f} after {r['random_epochs']}/{r['random_total']} trial-epochs; "
+                  f"TPE+ASHA best {r['tpe_best']:.4f}, reached random's best after "
+                  f"{r['tpe_reached'] if r['tpe_reached'] is not None else 'never'}/{r['tpe_total']}: ratio {r['ratio']:.3f}")
     print(f"ratio: {statistics.median(r['ratio'] for r in rows):.3f}")
     return 0
+
+
+PARETO_WORDS = "(val reconstruction accuracy, oblivious worst unknown, adaptive probe; hypervolume above 0)"
 
 
 if __name__ == "__main__":
