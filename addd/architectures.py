@@ -56,6 +56,21 @@ class _NormalizedStack(nn.Module):
         return self.layers(self.normalize(x))  # (N, C, 32, 32) -> (N, num_classes)
 
 
+class MaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d`` whose forward-only calls on a CPU (the input needs no gradient: evaluation,
+    decision-based attacks, AutoAttack's Square) pool a channels-last copy and hand back the usual
+    layout. A maximum is exact, so the values are the same bit for bit, and torch's channels-last
+    CPU kernel is vectorised where its NCHW one is not (bench/maxpool.py: the digits target
+    model's forward pass at batch 300, one thread). With a gradient to carry, or on a GPU, it is
+    ``nn.MaxPool2d`` itself, so training and gradient attacks are untouched. No parameters:
+    state dicts and weight hashes do not change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.requires_grad or x.device.type != "cpu" or x.dim() != 4:
+            return super().forward(x)
+        return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
+
+
 def _conv_relu(c_in: int, c_out: int, batch_norm: bool = False) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
     if batch_norm:
@@ -70,8 +85,8 @@ class DigitsCNN(_NormalizedStack):
     def __init__(self, channels: int = 1, num_classes: int = 10, width: int = 8, mean: float = 0.5, std: float = 0.5):
         super().__init__(
             Normalize(channels, mean, std),
-            *_conv_relu(channels, width), nn.MaxPool2d(2),  # (N, w, 16, 16)
-            *_conv_relu(width, 2 * width), nn.MaxPool2d(2),  # (N, 2w, 8, 8)
+            *_conv_relu(channels, width), MaxPool2d(2),  # (N, w, 16, 16)
+            *_conv_relu(width, 2 * width), MaxPool2d(2),  # (N, 2w, 8, 8)
             nn.Flatten(),
             nn.Linear(2 * width * 8 * 8, 64), nn.ReLU(inplace=True),
             nn.Linear(64, num_classes),
@@ -84,8 +99,8 @@ class LeNet(_NormalizedStack):
     def __init__(self, channels: int = 1, num_classes: int = 10, mean: float = 0.5, std: float = 0.5):
         super().__init__(
             Normalize(channels, mean, std),
-            *_conv_relu(channels, 32), nn.MaxPool2d(2),  # (N, 32, 16, 16)
-            *_conv_relu(32, 64), nn.MaxPool2d(2),  # (N, 64, 8, 8)
+            *_conv_relu(channels, 32), MaxPool2d(2),  # (N, 32, 16, 16)
+            *_conv_relu(32, 64), MaxPool2d(2),  # (N, 64, 8, 8)
             nn.Flatten(),
             nn.Linear(64 * 8 * 8, 200), nn.ReLU(inplace=True),
             nn.Linear(200, num_classes),
@@ -98,9 +113,9 @@ class FashionCNN(_NormalizedStack):
     def __init__(self, channels: int = 1, num_classes: int = 10, width: int = 32, mean: float = 0.5, std: float = 0.5):
         super().__init__(
             Normalize(channels, mean, std),
-            *_conv_relu(channels, width), nn.MaxPool2d(2),  # (N, w, 16, 16)
-            *_conv_relu(width, 2 * width), nn.MaxPool2d(2),  # (N, 2w, 8, 8)
-            *_conv_relu(2 * width, 4 * width), nn.MaxPool2d(2),  # (N, 4w, 4, 4)
+            *_conv_relu(channels, width), MaxPool2d(2),  # (N, w, 16, 16)
+            *_conv_relu(width, 2 * width), MaxPool2d(2),  # (N, 2w, 8, 8)
+            *_conv_relu(2 * width, 4 * width), MaxPool2d(2),  # (N, 4w, 4, 4)
             nn.Flatten(),
             nn.Linear(4 * width * 4 * 4, num_classes),
         )
@@ -121,9 +136,9 @@ class SVHNCNN(_NormalizedStack):
         super().__init__(
             Normalize(channels, mean, std),
             *_conv_relu(channels, width, True), *_conv_relu(width, width, True),
-            nn.MaxPool2d(2), nn.Dropout(dropout),  # (N, w, 16, 16)
+            MaxPool2d(2), nn.Dropout(dropout),  # (N, w, 16, 16)
             *_conv_relu(width, 2 * width, True), *_conv_relu(2 * width, 2 * width, True),
-            nn.MaxPool2d(2), nn.Dropout(dropout),  # (N, 2w, 8, 8)
+            MaxPool2d(2), nn.Dropout(dropout),  # (N, 2w, 8, 8)
             nn.Flatten(),
             nn.Linear(2 * width * 8 * 8, 256), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(256, num_classes),

@@ -269,3 +269,38 @@ def test_dataset_without_default_arch_needs_one(small_digits):
     custom = Dataset("custom", small_digits.train, small_digits.val, small_digits.test, channels=1)
     with pytest.raises(TargetModelError, match="no default target architecture.*digits_cnn"):
         get_target_model(custom)
+
+
+def _plain_pools(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every addd MaxPool2d swapped for torch's own nn.MaxPool2d."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        for name, child in module.named_children():
+            if isinstance(child, arch.MaxPool2d):
+                setattr(module, name, torch.nn.MaxPool2d(child.kernel_size, child.stride))
+    return plain
+
+
+@pytest.mark.parametrize("name", sorted(set(TARGET_ARCHS) - {"resnet"}))  # the CIFAR ResNet pools by strides
+def test_maxpool_fast_path_gives_torchs_values_and_gradients(name):
+    """The forward-only channels-last pooling is exact: every architecture gives nn.MaxPool2d's
+    logits bit for bit without gradients, and its gradients with them (ties included: the
+    digits are upsampled, so neighbouring pixels are often equal)."""
+    torch.manual_seed(0)
+    model = build_target_model(name, channels=CHANNELS[DEFAULT_ARCH_DATASET[name]], num_classes=10).eval()
+    plain = _plain_pools(model)
+    assert any(isinstance(m, arch.MaxPool2d) for m in model.modules())
+    x = torch.nn.functional.interpolate(torch.rand(6, CHANNELS[DEFAULT_ARCH_DATASET[name]], 8, 8), size=32)  # ties
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+    grads = []
+    for m in (model, plain):
+        xi = x.clone().requires_grad_(True)
+        m(xi).logsumexp(1).sum().backward()
+        grads.append(xi.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+DEFAULT_ARCH_DATASET = {a: next(d for d, v in DEFAULT_ARCH.items() if v == a) for a in set(DEFAULT_ARCH.values())}
