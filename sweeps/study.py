@@ -70,6 +70,10 @@ WORST_UNKNOWN_TEST = figure_of(WORST_UNKNOWN).trial_key("test")  # the figure a 
 log = logging.getLogger("sweeps.study")  # also under python -m (progress the console shows)
 
 BASELINE_KEYS = ("no_defense", "ape_gan", "adv_training")
+# Defenses whose figures cannot depend on the seed: nothing is trained and every attack of a final
+# is seeded alike (Finalists.seed, Probe.seed). Their first seed is evaluated; each other seed's
+# final is a copy of it (its record says ``same_as``), so the paired statistics still pair seed for seed.
+SEED_FREE = ("no_defense",)
 # A pareto sweep's reference: the paper's ADD-Defense setting (summary["paper_setting"]: App. D's
 # weights, the first cached known-attack choice) over full's seeds, drawn beside the front.
 PAPER_SETTING = "paper_setting"
@@ -164,6 +168,40 @@ class Job:
     @property
     def folder(self) -> str:
         return final_folder(self.name, self.seed)
+
+
+def _seed_copies(jobs: list[Job]) -> dict[str, Job]:
+    """job folder -> the job whose final it copies: each SEED_FREE defense's other seeds -> its first."""
+    first: dict[str, Job] = {}
+    copies = {}
+    for job in sorted(jobs, key=lambda j: j.seed):
+        if job.name in SEED_FREE:
+            if job.name in first:
+                copies[job.folder] = first[job.name]
+            else:
+                first[job.name] = job
+    return copies
+
+
+def copy_final(source: Job, job: Job, folder: RunFolder, record: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``job``'s final as a copy of ``source``'s (a SEED_FREE defense): its tensor files, and
+    its record with this job's seed and config, ``same_as`` naming the source, no seconds spent."""
+    import shutil
+
+    from addd.storage import atomic_write_bytes
+    from sweeps.trial import SECONDS_PREFIX
+
+    src, out = folder.final(source.name, source.seed), folder.final(job.name, job.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.glob("*.safetensors")):
+        shutil.copyfile(path, out / path.name)
+    copied = {**record, "seed": job.seed, "config": job.config, "same_as": source.folder,
+              "seconds": {"train": 0.0, "evaluate": 0.0},
+              "metrics": {k: v for k, v in record["metrics"].items() if not k.startswith(SECONDS_PREFIX)}}
+    atomic_write_bytes(out / METRICS_FILE, json.dumps(copied, indent=1).encode())  # last: it marks the final done
+    log.info("study: %s seed %d is seed %d's final (nothing trained, attacks seeded alike): copied", job.name,
+             job.seed, source.seed)
+    return copied
 
 
 def run_job(job: Job, ctx, folder: RunFolder) -> tuple[dict[str, Any], bool]:
@@ -294,7 +332,8 @@ def entry(records: list[dict[str, Any]], kind: str, note: str) -> dict[str, Any]
     from sweeps.trialspec import OBJECTIVE
 
     per_seed = [{"seed": r["seed"], "trial_id": f"study:{r['name']}-seed{r['seed']}", "val_objective": r["metrics"].get(OBJECTIVE),
-                 "error": None, "test": prefixed(r["metrics"], "test"), "adaptive": prefixed(r["metrics"], "adaptive")}
+                 "error": None, "test": prefixed(r["metrics"], "test"), "adaptive": prefixed(r["metrics"], "adaptive"),
+                 **({"same_as": r["same_as"]} if r.get("same_as") else {})}  # a SEED_FREE defense's copied final
                 for r in sorted(records, key=lambda r: r["seed"])]
     return {"search": {"kind": kind, "note": note}, **config_entry(records[0]["config"] if records else None),
             "seeds": per_seed, "test": over_seeds(per_seed, "test"), "adaptive": over_seeds(per_seed, "adaptive")}
@@ -428,17 +467,23 @@ def _read_summary(folder: RunFolder) -> dict[str, Any]:
 def _run_finals(jobs: list[Job], ctx, folder: RunFolder, map_fn, tracker, parent_run_id: str | None):
     """Every job's record (computed now or read from its metrics.json), by defense name, and the
     finals trained now; each logged as a child run (with ``tracker``)."""
+    copies = _seed_copies(jobs)
     todo = [j for j in jobs if not (folder.final(j.name, j.seed) / METRICS_FILE).exists()]
+    run_now = [j for j in todo if j.folder not in copies]
     computed: dict[str, tuple[dict[str, Any], bool]] = {}
-    if todo and map_fn is not None:  # the finals are independent: one task each (the sweep's Ray)
-        todo = sorted(todo, key=expected_cost, reverse=True)  # longest first: no long job left alone at the end
-        results = map_fn(functools.partial(_run_job_alone, ctx=ctx, folder=folder), todo)
-        computed = {job.folder: result for job, result in zip(todo, results)}
+    if run_now and map_fn is not None:  # the finals are independent: one task each (the sweep's Ray)
+        run_now = sorted(run_now, key=expected_cost, reverse=True)  # longest first: no long job left alone at the end
+        results = map_fn(functools.partial(_run_job_alone, ctx=ctx, folder=folder), run_now)
+        computed = {job.folder: result for job, result in zip(run_now, results)}
     records: dict[str, list[dict[str, Any]]] = {}
     trained, timings = [], {}
-    for job in jobs:
+    for job in sorted(jobs, key=lambda j: j.folder in copies):  # a copy's source first
         if job.folder in computed:
             record, fresh = computed[job.folder]
+        elif job in todo and job.folder in copies:
+            source = copies[job.folder]
+            record = copy_final(source, job, folder, json.loads((folder.final(source.name, source.seed) / METRICS_FILE).read_text()))
+            fresh = False  # nothing trained
         elif job in todo:
             record, fresh = run_job(job, ctx, folder)
         else:

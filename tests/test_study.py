@@ -68,7 +68,11 @@ def study(tmp_path_factory):
 def test_a_final_trained_alone_has_the_figures_it_had_in_the_sweep(study):
     run_dir, _, _, in_sweep = study
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert sorted(summary["study"]["trained"]) == sorted(RETRAINED) and "load_sets" in summary["study"]["timings_seconds"]
+    # no_defense's seed 1 is seed 0's final, copied (nothing trained, attacks seeded alike): only the other retrains
+    assert summary["study"]["trained"] == ["fixed-no_mmd-seed1"] and "load_sets" in summary["study"]["timings_seconds"]
+    copied = json.loads((run_dir / "finals" / "no_defense-seed1" / "metrics.json").read_text())
+    assert copied["same_as"] == "no_defense-seed0" and copied["seed"] == 1
+    assert [s.get("same_as") for s in summary["baselines"]["no_defense"]["seeds"]] == [None, "no_defense-seed0"]
     for folder in RETRAINED:
         alone = json.loads((run_dir / "finals" / folder / "metrics.json").read_text())
         assert alone["config"] == in_sweep[folder]["config"]
@@ -189,6 +193,40 @@ def test_the_study_is_idempotent_and_never_regenerates_sets(study):
     # a request the sweep never made (another budget) is refused, not generated
     with pytest.raises(StudyError, match="never regenerates"):
         load_sets({**summary, "attack_budget": 0.5}, data_root=REPO / "data", train_attacks=("PGDu",))
+
+
+def test_a_seed_free_defense_is_evaluated_once_and_copied_to_its_other_seeds(tmp_path):
+    from addd.runfolder import RunFolder
+    from sweeps.study import Job, _run_finals
+
+    evaluated = []
+
+    def fake_run(job, ctx, folder):  # stands in for run_job: writes a final's files and record
+        evaluated.append(job.folder)
+        out = folder.final(job.name, job.seed)
+        out.mkdir(parents=True)
+        (out / "per_example.safetensors").write_bytes(b"tensors of " + job.folder.encode())
+        record = {"name": job.name, "seed": job.seed, "config": job.config, "metrics": {"test/acc": 0.5, "seconds/curve": 3.0},
+                  "seconds": {"train": 1.0, "evaluate": 2.0}}
+        (out / "metrics.json").write_text(json.dumps(record))
+        return record, True
+
+    jobs = [Job(name, "baseline", seed, {"train.seed": seed}, ("PGDu",), lambda: None)
+            for name in ("no_defense", "ape_gan") for seed in (2, 0, 1)]
+    folder = RunFolder(tmp_path)
+    records, trained, timings = _run_finals(jobs, None, folder, lambda fn, todo: [fake_run(j, None, folder) for j in todo],
+                                            None, None)
+    assert sorted(evaluated) == ["ape_gan-seed0", "ape_gan-seed1", "ape_gan-seed2", "no_defense-seed0"]
+    assert sorted(trained) == sorted(evaluated)
+    copies = {r["seed"]: r for r in records["no_defense"]}
+    assert set(copies) == {0, 1, 2} and copies[0].get("same_as") is None
+    for seed in (1, 2):
+        assert copies[seed]["same_as"] == "no_defense-seed0" and copies[seed]["config"] == {"train.seed": seed}
+        assert copies[seed]["metrics"] == {"test/acc": 0.5}  # the figures; no seconds it did not spend
+        assert timings[f"no_defense-seed{seed}"] == 0.0
+        out = folder.final("no_defense", seed)
+        assert (out / "per_example.safetensors").read_bytes() == b"tensors of no_defense-seed0"
+        assert json.loads((out / "metrics.json").read_text())["same_as"] == "no_defense-seed0"
 
 
 def test_parallel_study_starts_the_longest_finals_first():
