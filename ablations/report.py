@@ -548,6 +548,11 @@ def _per_defense(summary, defenses) -> list[str]:
     return out
 
 
+# sweeps._optuna.save_study_plots writes optuna_<label>_<study>.png; what each label draws
+OPTUNA_PLOT_WORDS = {"history": "optimisation history", "importances": "parameter importances",
+                     "pareto_front": "Pareto front", "hypervolume": "hypervolume history (reference point 0)"}
+
+
 def _figure_lines(restored, curves: bool, optuna_plots) -> list[str]:
     out = ["\n## Figures\n",
             "- `ablation.png`: paper Fig 12 layout. Rows: tuned ablations, fixed ablations, baselines (each with full); "
@@ -562,8 +567,8 @@ def _figure_lines(restored, curves: bool, optuna_plots) -> list[str]:
                    f"original, adversarial and restored validation images per attack, predicted label above each "
                    f"(red: wrong).")
     for path in optuna_plots:
-        words = ("optimisation history" if "history" in path.name else "Pareto front" if "pareto_front" in path.name
-                 else "parameter importances")
+        label = next((k for k in OPTUNA_PLOT_WORDS if path.name.startswith(f"optuna_{k}_")), None)
+        words = OPTUNA_PLOT_WORDS.get(label, "plot")
         out.append(f"- `{path.name}`: Optuna {words}"
                    f" of variant {path.stem.rsplit('-', 1)[-1]} (title names the variant).")
     return out

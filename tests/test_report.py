@@ -140,3 +140,16 @@ def test_a_summary_without_any_final_still_gets_its_report(tmp_path):
                                                    "adaptive": {}}}, "fixed": {}, "baselines": {}, "comparisons": {}}
     paths = build_report(summary, tmp_path)
     assert (tmp_path / "ablation.png") in paths and (tmp_path / "report.md").read_text().startswith("# Ablation report")
+
+
+def test_each_optuna_plot_is_described_by_what_it_draws(tmp_path):
+    from ablations.report import _figure_lines
+
+    names = ["optuna_history_s-full.png", "optuna_importances_s-full.png", "optuna_pareto_front_s-full.png",
+             "optuna_hypervolume_s-full.png"]
+    lines = _figure_lines(None, False, [tmp_path / n for n in names])
+    words = {n: next(line for line in lines if n in line) for n in names}
+    assert "optimisation history" in words["optuna_history_s-full.png"]
+    assert "parameter importances" in words["optuna_importances_s-full.png"]
+    assert "Pareto front" in words["optuna_pareto_front_s-full.png"]
+    assert "hypervolume history" in words["optuna_hypervolume_s-full.png"]  # it read "parameter importances"
