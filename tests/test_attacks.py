@@ -462,3 +462,27 @@ def test_fast_local_search_gives_advertorchs_images_bit_for_bit(digits, models):
     assert torch.equal(outputs[0], outputs[1])
     changed = (outputs[0] != x).flatten(1).any(1)
     assert 0 < changed.sum() < len(x)  # images the attack moved and images it gave up on, both compared
+
+
+def test_fast_local_search_gives_advertorchs_images_on_colour_images():
+    """The same comparison on 3-channel 32x32 images (SVHN's and CIFAR-10's shape), with SVHN's
+    parameters and one round: the candidates perturb every channel of a pixel, and the sweep's
+    SVHN smoke test leaves this attack out. A random linear model and noise images it labels
+    itself (so every image starts correctly classified)."""
+    from addd import _advertorch
+
+    advertorch = _advertorch._import()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)).eval()
+    x = torch.rand(6, 3, 32, 32)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    kwargs = {key: value for key, value in attack_params("LSu", "svhn", budget=0.1).items()
+              if key in ("p", "r", "t", "d", "k", "round_ub", "seed_ratio", "max_nb_seeds")}
+    outputs = []
+    for cls in (advertorch.attacks.LocalSearchAttack, _advertorch._local_search_class()):
+        torch.manual_seed(3)
+        outputs.append(cls(model, **kwargs).perturb(x.clone(), y.clone()))
+    assert torch.equal(outputs[0], outputs[1])
+    changed = (outputs[0] != x).flatten(1).any(1)
+    assert 0 < changed.sum() < len(x)  # images the attack moved and one it gave up on, both compared
