@@ -71,6 +71,21 @@ class MaxPool2d(nn.MaxPool2d):
         return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
 
 
+def with_torch_pools(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with every ``MaxPool2d`` above swapped for torch's own ``nn.MaxPool2d``
+    (the same weights): what the fast path is compared with and timed against
+    (tests/test_target_models.py, bench/maxpool.py)."""
+    import copy
+
+    plain = copy.deepcopy(model)
+    for module in plain.modules():
+        for name, child in module.named_children():
+            if isinstance(child, MaxPool2d):
+                setattr(module, name, nn.MaxPool2d(child.kernel_size, child.stride, child.padding, child.dilation,
+                                                   child.return_indices, child.ceil_mode))
+    return plain
+
+
 def _conv_relu(c_in: int, c_out: int, batch_norm: bool = False) -> list[nn.Module]:
     layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batch_norm)]
     if batch_norm:

@@ -13,7 +13,6 @@ must be), and ends with ``ratio: X`` = torch's seconds / ours (> 1: ours is fast
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -38,11 +37,7 @@ def main() -> int:
     torch.manual_seed(0)
     channels = 3 if args.arch in ("svhn_cnn", "resnet") else 1
     ours = architectures.build_target_model(args.arch, channels=channels, num_classes=10).eval()
-    plain = copy.deepcopy(ours)
-    for module in plain.modules():
-        for name, child in module.named_children():
-            if isinstance(child, architectures.MaxPool2d):
-                setattr(module, name, torch.nn.MaxPool2d(child.kernel_size, child.stride))
+    plain = architectures.with_torch_pools(ours)
     x = torch.nn.functional.interpolate(torch.rand(args.batch, channels, 8, 8), size=32)
     seconds = {"torch": [], "ours": []}
     with torch.no_grad():

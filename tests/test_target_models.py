@@ -271,18 +271,6 @@ def test_dataset_without_default_arch_needs_one(small_digits):
         get_target_model(custom)
 
 
-def _plain_pools(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` with every addd MaxPool2d swapped for torch's own nn.MaxPool2d."""
-    import copy
-
-    plain = copy.deepcopy(model)
-    for module in plain.modules():
-        for name, child in module.named_children():
-            if isinstance(child, arch.MaxPool2d):
-                setattr(module, name, torch.nn.MaxPool2d(child.kernel_size, child.stride))
-    return plain
-
-
 @pytest.mark.parametrize("name", sorted(set(TARGET_ARCHS) - {"resnet"}))  # the CIFAR ResNet pools by strides
 def test_maxpool_fast_path_gives_torchs_values_and_gradients(name):
     """The forward-only channels-last pooling is exact: every architecture gives nn.MaxPool2d's
@@ -290,7 +278,8 @@ def test_maxpool_fast_path_gives_torchs_values_and_gradients(name):
     digits are upsampled, so neighbouring pixels are often equal)."""
     torch.manual_seed(0)
     model = build_target_model(name, channels=CHANNELS[DEFAULT_ARCH_DATASET[name]], num_classes=10).eval()
-    plain = _plain_pools(model)
+    plain = arch.with_torch_pools(model)
+    assert not any(isinstance(m, arch.MaxPool2d) for m in plain.modules())  # compared with torch's own pools
     assert any(isinstance(m, arch.MaxPool2d) for m in model.modules())
     x = torch.nn.functional.interpolate(torch.rand(6, CHANNELS[DEFAULT_ARCH_DATASET[name]], 8, 8), size=32)  # ties
     with torch.no_grad():
