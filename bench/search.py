@@ -1,7 +1,8 @@
 """Search efficiency, measured in one run: TPE + ASHA against random search without early stopping.
 
-Both searches get the same digits space (the ``full`` variant's search ranges of
-``digits_ablation``), the same number of trials and the same data, adversarial sets and
+Both searches get the same digits space (the ``full`` variant's search ranges of ``--space``:
+``digits_ablation`` by default, or ``digits_robust`` with its online adaptive PGD choices, trained
+per batch as in the sweep), the same number of trials and the same data, adversarial sets and
 objective (validation worst-case accuracy over the trial's unknown attacks, oblivious). They run
 in this process, one trial at a time, with the project's own pieces:
 
@@ -35,6 +36,7 @@ values the front uses); the sweep runs it every epoch, which costs time, not tri
     python bench/search.py --quick      # small data, few epochs and trials (~minutes on 2 cores)
     python bench/search.py              # digits_ablation at full size, 12 trials each
     python bench/search.py --objective pareto
+    python bench/search.py --objective pareto --space digits_robust --trials 8   # digits_robust's budget
 """
 
 from __future__ import annotations
@@ -93,13 +95,13 @@ def train_pareto(spec, ctx) -> tuple[tuple[float, ...] | None, int]:
     """Train one trial to max_t and return its :data:`sweeps.trialspec.PARETO_KEYS` values after the
     last epoch (None if a loss went non-finite or a value is not finite) and the epochs trained."""
     from addd.defense import ADDDefense, NonFiniteLossError
-    from sweeps.trial import evaluate_search
+    from sweeps.trial import cached_known, evaluate_search
     from sweeps.trialspec import PARETO_KEYS
 
     cfg = spec.defense_config()
     try:
         model = ADDDefense(cfg)
-        model.fit(ctx.train.x, ctx.train.y, {a: ctx.train.adv[a].x_adv for a in cfg.known_attacks})
+        model.fit(ctx.train.x, ctx.train.y, cached_known(ctx, cfg.known_attacks), target_model=ctx.target_model)
     except NonFiniteLossError:
         return None, len(model.history)
     metrics = evaluate_search(model, ctx, cfg.known_attacks)
@@ -111,7 +113,7 @@ def train_trial(spec, ctx, keep_going) -> tuple[float | None, int, float | None]
     """Train one trial (a :class:`sweeps.trialspec.TrialSpec`); ``keep_going(epoch, objective) -> bool``
     after each epoch. Returns (objective if it ran to max_t else None, epochs trained, last value)."""
     from addd.defense import ADDDefense, NonFiniteLossError
-    from sweeps.trial import evaluate_split
+    from sweeps.trial import cached_known, evaluate_split
 
     cfg = spec.defense_config()
     state = {"epochs": 0, "value": None, "stopped": False}
@@ -126,8 +128,8 @@ def train_trial(spec, ctx, keep_going) -> tuple[float | None, int, float | None]
         return None
 
     try:
-        ADDDefense(cfg).fit(ctx.train.x, ctx.train.y, {a: ctx.train.adv[a].x_adv for a in cfg.known_attacks},
-                            callback=on_epoch)
+        ADDDefense(cfg).fit(ctx.train.x, ctx.train.y, cached_known(ctx, cfg.known_attacks), callback=on_epoch,
+                            target_model=ctx.target_model)
     except NonFiniteLossError:
         return None, state["epochs"], None
     return (None if state["stopped"] else state["value"]), state["epochs"], state["value"]
@@ -237,7 +239,8 @@ def run_pareto(space, ctx, trials: int, seed: int, url: str, sampler: str) -> li
     out, spent = [], 0
     for i in range(trials):
         trial_id = f"p{i}"
-        values, epochs = train_pareto(TrialSpec.parse(suggest(trial_id)), ctx)
+        spec = TrialSpec.parse(suggest(trial_id))
+        values, epochs = train_pareto(spec, ctx)
         spent += epochs
         if sampler == "tpe":
             result = {EPOCH: epochs, OBJECTIVE: min(values) if values else float("nan"),
@@ -248,7 +251,8 @@ def run_pareto(space, ctx, trials: int, seed: int, url: str, sampler: str) -> li
         else:
             study.tell(asked[trial_id], list(values))
         out.append((spent, values))
-        logging.info("pareto %s trial %d: values %s (total %d trial-epochs)", sampler, i, values, spent)
+        logging.info("pareto %s trial %d (%s): values %s (total %d trial-epochs)", sampler, i,
+                     "+".join(spec.defense_config().known_attacks), values, spent)
     return out
 
 
@@ -299,12 +303,15 @@ def main() -> int:
                    help="oblivious: TPE+ASHA vs random, trial-epochs to random's best; pareto: hypervolume at equal trial-epochs")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--cache-dir", type=Path, help="target models and adversarial sets (default: a temp folder)")
+    p.add_argument("--space", choices=SPACES, default="digits_ablation",
+                   help="whose search ranges ('full' variant): digits_ablation (the paper's known-attack pairs) or "
+                        "digits_robust (with the online adaptive PGD choices, where the probe is not 0)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("addd").setLevel(logging.WARNING)
     from sweeps.spaces import get_space
 
-    space = get_space("digits_ablation")
+    space = get_space(args.space)
     if args.quick:
         space = replace(space, **QUICK, probe_n=32, probe_steps=5).validate()
     trials = args.trials or (6 if args.quick else 12)  # the quick start's 4 per variant is too few to compare
@@ -320,7 +327,7 @@ def main() -> int:
                                         run_pareto(space, ctx, trials, seed, url, "tpe")))
             else:
                 rows.append(seed_ratio(run_random(space, ctx, trials, seed, url), run_tpe_asha(space, ctx, trials, seed, url)))
-    name = f"digits_ablation{' (quick)' if args.quick else ''}"
+    name = f"{args.space}{' (quick)' if args.quick else ''}"
     searched = time.perf_counter() - start - prepared
     if args.objective == "pareto":
         print(f"space: {name}, objective pareto {PARETO_WORDS}, {trials} trials each to max_t {space.asha()['max_t']} "
@@ -339,6 +346,7 @@ def main() -> int:
     return 0
 
 
+SPACES = ("digits_ablation", "digits_robust")  # digits spaces: their cached sets are the same ones
 PARETO_WORDS = "(val reconstruction accuracy, oblivious worst unknown, adaptive probe; hypervolume above 0)"
 
 

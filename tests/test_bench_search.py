@@ -54,8 +54,10 @@ def test_pareto_seed_compares_hypervolumes_at_equal_trial_epochs():
 
 @pytest.mark.slow
 def test_pareto_mode_runs_both_searches_and_prints_a_ratio(tmp_path):
+    """On digits_robust's space: its online adaptive PGD (PGDa) choices are trained per batch
+    through the current defense, as in the sweep (sampler seed 0 draws one in 3 trials)."""
     out = subprocess.run([sys.executable, str(REPO / "bench" / "search.py"), "--quick", "--objective", "pareto",
-                          "--seeds", "1", "--trials", "3", "--cache-dir", str(tmp_path / "cache")],
+                          "--space", "digits_robust", "--seeds", "1", "--trials", "3", "--cache-dir", str(tmp_path / "cache")],
                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
@@ -65,3 +67,5 @@ def test_pareto_mode_runs_both_searches_and_prints_a_ratio(tmp_path):
     assert ratio > 0
     # both searches logged 3 trials each, with three values per complete trial
     assert out.stderr.count("pareto tpe trial") == 3 and out.stderr.count("pareto random trial") == 3
+    assert "space: digits_robust (quick)" in out.stdout
+    assert "PGDa" in out.stderr, out.stderr[-3000:]  # a trial trained on the online attack
